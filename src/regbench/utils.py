@@ -1,0 +1,93 @@
+"""Small shared utilities: atomic writes, hashing, seeding, device selection, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Return a module logger; configures a plain stderr handler once if the root has none."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=os.environ.get("REGBENCH_LOGLEVEL", "INFO"), format=LOG_FORMAT)
+    return logging.getLogger(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffixes (``x.nii.gz`` -> ``.x.<rand>.tmp.nii.gz``) so that writers
+    which infer the format from the extension (nibabel, SimpleITK, pandas) behave as for the final name.
+    A failure inside the block removes the temporary file and leaves any existing ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+
+
+def select_device(preference: str = "auto"):
+    """Return a ``torch.device``: CUDA when available (``auto``), else CPU.
+
+    ``preference`` may be ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Snakemake's ``gpu`` resource is a
+    counter and never sets ``CUDA_VISIBLE_DEVICES``; set it yourself on multi-GPU machines.
+
+    Raises:
+        RuntimeError: ``cuda`` was requested explicitly but no CUDA device is available.
+    """
+    import torch
+
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(preference)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {preference!r} requested but torch.cuda.is_available() is False")
+    return dev
