@@ -1,0 +1,445 @@
+"""Evaluation metrics of a registration: overlap, surface distances, Jacobian regularity, TRE, similarity.
+
+Conventions (those of :mod:`regbench.spatial`):
+
+* A displacement field (DDF) here is a single field ``(ndim, *spatial)`` (a leading batch axis of size 1 is
+  accepted and dropped); channel ``i`` is the displacement along array axis ``i`` in voxels of the fixed
+  grid, and warping pulls back: ``warped(x) = moving(x + u(x))``.
+* ``spacing`` is the voxel size per array axis, in the order of ``spatial``. Distances are returned in the
+  unit of ``spacing``: millimetres for medical volumes, pixels when the spacing is 1 and no physical unit is
+  known (e.g. chest X-rays resized without a pixel size).
+* Masks are compared on one grid (fixed image grid): the fixed segmentation and the moving segmentation
+  warped onto the fixed grid.
+
+Undefined values are ``NaN``, never ``inf`` and never a made-up number:
+
+* Dice of two empty masks is ``NaN`` (0/0). Dice of one empty and one non-empty mask is 0.
+* Every surface distance (HD, HD95, ASSD) is ``NaN`` when either mask is empty.
+* SDlogJ is ``NaN`` when no voxel has ``det J > 0``; correlation is ``NaN`` for a constant image.
+
+Aggregation rule (for the report code): means over pairs/labels use ``np.nanmean``, so ``NaN`` values are
+excluded, and the number of excluded values is counted and reported next to the mean.
+
+Numbers are plain Python ``float`` so that rows serialise to JSON/CSV unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from regbench.spatial import jacobian_determinant
+
+__all__ = [
+    "dice",
+    "dice_per_label",
+    "surface_distances",
+    "hd",
+    "hd95",
+    "assd",
+    "jacobian_stats",
+    "tre",
+    "landmark_tre",
+    "cc_similarity",
+    "count_parameters",
+    "evaluate_pair",
+]
+
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _np(x) -> np.ndarray:
+    """numpy view of an array-like or torch tensor (detached, on CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _mask(x) -> np.ndarray:
+    return _np(x).astype(bool, copy=False)
+
+
+def _pair_masks(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _mask(a), _mask(b)
+    if a.shape != b.shape:
+        raise ValueError(f"masks must share a grid; got shapes {a.shape} and {b.shape}")
+    return a, b
+
+
+def _spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
+    """Validate ``spacing`` (scalar, ``None`` = 1, or one positive finite value per axis)."""
+    if spacing is None:
+        return np.ones(ndim)
+    s = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if s.size == 1 and ndim != 1:
+        s = np.full(ndim, float(s[0]))
+    if s.shape != (ndim,):
+        raise ValueError(f"spacing {tuple(s)} has {s.size} values but the data has {ndim} spatial dims")
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"spacing must be positive and finite, got {tuple(s)}")
+    return s
+
+
+def _field(ddf) -> np.ndarray:
+    """``(ndim, *spatial)`` float64 field; accepts a leading batch axis of size 1."""
+    u = _np(ddf).astype(np.float64, copy=False)
+    if u.ndim >= 2 and u.shape[0] == 1 and u.ndim == u.shape[1] + 2:
+        u = u[0]
+    if u.ndim < 3 or u.shape[0] != u.ndim - 1:
+        raise ValueError(f"DDF must have shape (ndim, *spatial); got {u.shape}")
+    return u
+
+
+# ----------------------------------------------------------------------------------------------- overlap
+def dice(a, b) -> float:
+    """Dice similarity coefficient (DSC) of two boolean masks of the same shape.
+
+    ``DSC = 2 |A ∩ B| / (|A| + |B|)`` counted in voxels (unitless, in [0, 1]).
+
+    Args:
+        a, b: masks of any equal shape (nonzero = inside); numpy arrays or torch tensors.
+
+    Returns:
+        The DSC as a float. ``NaN`` when both masks are empty (the label is absent from both images);
+        such values are excluded from means with ``np.nanmean`` and counted. One empty mask gives 0.
+    """
+    a, b = _pair_masks(a, b)
+    denom = int(a.sum()) + int(b.sum())
+    if denom == 0:
+        return NAN
+    return float(2.0 * np.logical_and(a, b).sum() / denom)
+
+
+def dice_per_label(fixed_seg, warped_seg, labels: Iterable[int]) -> dict[int, float]:
+    """Dice of each label of two integer label maps of the same shape.
+
+    Args:
+        fixed_seg: ``(*spatial)`` integer labels of the fixed image.
+        warped_seg: ``(*spatial)`` labels of the moving image warped onto the fixed grid (nearest neighbour).
+        labels: the label values to score (background is normally left out by the caller).
+
+    Returns:
+        ``{label: dice(fixed_seg == label, warped_seg == label)}``; ``NaN`` where the label is absent from
+        both maps (see :func:`dice`).
+    """
+    f, w = _np(fixed_seg), _np(warped_seg)
+    if f.shape != w.shape:
+        raise ValueError(f"label maps must share a grid; got shapes {f.shape} and {w.shape}")
+    return {int(lab): dice(f == lab, w == lab) for lab in labels}
+
+
+# ------------------------------------------------------------------------------------- surface distances
+def _surface(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """Surface voxels: ``mask XOR binary_erosion(mask, structure)``; voxels on the array border count."""
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
+    return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def surface_distances(
+    a, b, spacing: Sequence[float] | float | None = None, connectivity: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed distances between the surfaces of two masks.
+
+    Surface extraction: ``S(M) = M XOR binary_erosion(M, structure)`` with
+    ``structure = generate_binary_structure(ndim, connectivity)``. The default ``connectivity=1`` is the
+    face-connected cross (6-connectivity in 3D, 4-connectivity in 2D): a voxel of ``M`` is on the surface
+    when one of its face neighbours is outside ``M`` (or outside the array). This is the choice of MONAI
+    (``get_mask_edges``) and medpy. ``connectivity=ndim`` gives full connectivity (26/8), a thicker surface.
+
+    Distances: ``d_ab[k]`` is the Euclidean distance from the ``k``-th surface voxel centre of ``a`` to the
+    nearest surface voxel centre of ``b``, computed with
+    ``scipy.ndimage.distance_transform_edt(~S(b), sampling=spacing)``; ``d_ba`` likewise.
+
+    Args:
+        a, b: masks of equal shape ``(*spatial)``, 2D or 3D.
+        spacing: voxel size per axis (mm; ``None``/1 gives pixels).
+        connectivity: connectivity of the erosion structuring element (1 .. ndim).
+
+    Returns:
+        ``(d_ab, d_ba)`` 1-D float64 arrays in the unit of ``spacing`` (lengths = numbers of surface voxels
+        of ``a`` and ``b``). Both are empty when either mask is empty (distances to nothing are undefined).
+    """
+    a, b = _pair_masks(a, b)
+    s = _spacing(spacing, a.ndim)
+    if not a.any() or not b.any():
+        return np.zeros(0), np.zeros(0)
+    sa, sb = _surface(a, connectivity), _surface(b, connectivity)
+    dt_b = ndimage.distance_transform_edt(~sb, sampling=s)
+    dt_a = ndimage.distance_transform_edt(~sa, sampling=s)
+    return dt_b[sa].astype(np.float64), dt_a[sb].astype(np.float64)
+
+
+def _surface_summary(d_ab: np.ndarray, d_ba: np.ndarray) -> tuple[float, float, float]:
+    """``(HD, HD95, ASSD)`` from directed surface distances; all ``NaN`` if either direction is empty."""
+    if d_ab.size == 0 or d_ba.size == 0:
+        return NAN, NAN, NAN
+    h = float(max(d_ab.max(), d_ba.max()))
+    h95 = float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
+    asd = float((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size))
+    return h, h95, asd
+
+
+def hd(a, b, spacing: Sequence[float] | float | None = None, connectivity: int = 1) -> float:
+    """Hausdorff distance: ``max(max d_ab, max d_ba)`` over surface voxels (see :func:`surface_distances`).
+
+    Unit of ``spacing`` (mm or px). ``NaN`` when either mask is empty.
+    """
+    return _surface_summary(*surface_distances(a, b, spacing, connectivity))[0]
+
+
+def hd95(a, b, spacing: Sequence[float] | float | None = None, connectivity: int = 1) -> float:
+    """95th-percentile Hausdorff distance: ``max(P95(d_ab), P95(d_ba))``.
+
+    The maximum of the two *directed* 95th percentiles, each by ``np.percentile`` (linear interpolation),
+    as in MONAI ``compute_hausdorff_distance(percentile=95)`` and the DeepMind ``surface-distance``
+    ``compute_robust_hausdorff`` (which weights by surfel area, so it differs slightly on coarse grids).
+    medpy's ``hd95`` instead takes one percentile of both directions pooled; that value can be smaller
+    and is not what this benchmark reports. Unit of ``spacing``. ``NaN`` when either mask is empty.
+    """
+    return _surface_summary(*surface_distances(a, b, spacing, connectivity))[1]
+
+
+def assd(a, b, spacing: Sequence[float] | float | None = None, connectivity: int = 1) -> float:
+    """Average symmetric surface distance: ``(sum d_ab + sum d_ba) / (n_ab + n_ba)``.
+
+    The mean over the pooled surface voxels of both masks (MONAI ``compute_average_surface_distance`` with
+    ``symmetric=True``). medpy's ``assd`` is the mean of the two directed means, which differs when the two
+    surfaces have different numbers of voxels. Unit of ``spacing``. ``NaN`` when either mask is empty.
+    """
+    return _surface_summary(*surface_distances(a, b, spacing, connectivity))[2]
+
+
+# ------------------------------------------------------------------------------------------ regularity
+def jacobian_stats(ddf, mask=None) -> dict[str, float]:
+    """Regularity of a displacement field from the Jacobian determinant ``det J = det(I + grad u)``.
+
+    ``det J`` comes from :func:`regbench.spatial.jacobian_determinant` (central differences, one-sided at
+    the borders, voxel units; valid for any spacing since displacement and position share voxel units).
+
+    Args:
+        ddf: ``(ndim, *spatial)`` displacement in voxels (numpy or torch; ``(1, ndim, *spatial)`` accepted).
+        mask: optional ``(*spatial)`` boolean mask; statistics are then over the voxels inside it only.
+
+    Returns:
+        dict of floats:
+
+        * ``folding_count``: number of voxels with ``det J <= 0``.
+        * ``folding_pct``: ``100 * folding_count / n_voxels`` (percent of the evaluated voxels).
+        * ``sdlogj``: population standard deviation (ddof 0) of ``log det J`` over the voxels with
+          ``det J > 0`` (folded voxels are excluded, not clipped); ``NaN`` if there are none. The Learn2Reg
+          evaluation instead clips ``det J`` to ``[1e-9, 1e9]`` and takes the std over all voxels, which
+          gives larger values for folding fields; compare with care.
+        * ``det_min``, ``det_max``: extremes of ``det J``; ``n_voxels``: number of voxels evaluated.
+    """
+    u = _field(ddf)
+    with torch.no_grad():
+        det = jacobian_determinant(torch.from_numpy(np.ascontiguousarray(u))[None])[0].numpy()
+    if mask is not None:
+        m = _mask(mask)
+        if m.shape != det.shape:
+            raise ValueError(f"mask shape {m.shape} differs from the DDF grid {det.shape}")
+        det = det[m]
+    else:
+        det = det.ravel()
+    n = det.size
+    if n == 0:
+        return {"folding_count": 0.0, "folding_pct": NAN, "sdlogj": NAN,
+                "det_min": NAN, "det_max": NAN, "n_voxels": 0.0}
+    fold = int(np.count_nonzero(det <= 0))
+    pos = det[det > 0]
+    return {
+        "folding_count": float(fold),
+        "folding_pct": float(100.0 * fold / n),
+        "sdlogj": float(np.log(pos).std()) if pos.size else NAN,
+        "det_min": float(det.min()),
+        "det_max": float(det.max()),
+        "n_voxels": float(n),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- TRE
+def tre(pred_ddf, true_ddf, spacing: Sequence[float] | float | None = None, mask=None) -> tuple[float, float]:
+    """Dense target registration error against a known (synthetic) ground-truth field.
+
+    ``e(x) = || (u_pred(x) - u_true(x)) * spacing ||_2`` at each fixed-grid voxel ``x`` (channel ``i`` scaled
+    by ``spacing[i]``), i.e. the Euclidean distance between the predicted and true corresponding points.
+
+    Args:
+        pred_ddf, true_ddf: ``(ndim, *spatial)`` displacements in voxels on the fixed grid.
+        spacing: voxel size per axis (mm; ``None`` = 1, px).
+        mask: optional ``(*spatial)`` boolean mask of the voxels to evaluate (default: all).
+
+    Returns:
+        ``(mean, std)`` of ``e`` over the evaluated voxels (std with ddof 0), in the unit of ``spacing``;
+        ``(NaN, NaN)`` for an empty mask.
+    """
+    p, t = _field(pred_ddf), _field(true_ddf)
+    if p.shape != t.shape:
+        raise ValueError(f"predicted DDF {p.shape} and true DDF {t.shape} differ in shape")
+    nd = p.shape[0]
+    s = _spacing(spacing, nd).reshape(nd, *([1] * nd))
+    err = np.sqrt((((p - t) * s) ** 2).sum(axis=0))
+    if mask is not None:
+        m = _mask(mask)
+        if m.shape != err.shape:
+            raise ValueError(f"mask shape {m.shape} differs from the DDF grid {err.shape}")
+        err = err[m]
+    if err.size == 0:
+        return NAN, NAN
+    return float(err.mean()), float(err.std())
+
+
+def landmark_tre(
+    pred_ddf, fixed_points, moving_points, spacing: Sequence[float] | float | None = None
+) -> np.ndarray:
+    """Per-landmark target registration error.
+
+    With pull-back warping a fixed-grid point ``p`` maps to ``p + u(p)`` in the moving image; ``u(p)`` is
+    linearly interpolated from the field (``scipy.ndimage.map_coordinates``, ``order=1``,
+    ``mode="nearest"``: outside the grid the border value repeats, as in :mod:`regbench.spatial`). The error
+    of landmark ``k`` is ``|| (p_k + u(p_k) - q_k) * spacing ||_2``. Fixed and moving grids are assumed to
+    share the voxel size ``spacing`` (true after the benchmark's resampling to a common grid).
+
+    Args:
+        pred_ddf: ``(ndim, *spatial)`` displacement in voxels on the fixed grid.
+        fixed_points: ``(N, ndim)`` landmark positions in (possibly fractional) voxel coordinates of the
+            fixed grid, axis order of ``spatial``.
+        moving_points: ``(N, ndim)`` corresponding positions in voxel coordinates of the moving grid.
+        spacing: voxel size per axis (mm; ``None`` = 1, px).
+
+    Returns:
+        ``(N,)`` float64 errors in the unit of ``spacing`` (take mean/std as needed). Passing a zero field
+        gives the initial (unregistered) TRE.
+    """
+    u = _field(pred_ddf)
+    nd = u.shape[0]
+    fp = np.asarray(_np(fixed_points), dtype=np.float64)
+    mp = np.asarray(_np(moving_points), dtype=np.float64)
+    if fp.ndim != 2 or fp.shape[1] != nd or mp.shape != fp.shape:
+        raise ValueError(f"landmarks must be (N, {nd}) each; got {fp.shape} and {mp.shape}")
+    s = _spacing(spacing, nd)
+    if fp.shape[0] == 0:
+        return np.zeros(0)
+    disp = np.stack([ndimage.map_coordinates(u[i], fp.T, order=1, mode="nearest") for i in range(nd)], axis=1)
+    return np.sqrt((((fp + disp - mp) * s) ** 2).sum(axis=1))
+
+
+# ------------------------------------------------------------------------------------------ similarity
+def cc_similarity(a, b, mask=None) -> float:
+    """Pearson correlation coefficient of the intensities of two images ("CC similarity", Cai et al. 2023).
+
+    ``CC = sum((a - mean a)(b - mean b)) / sqrt(sum (a - mean a)^2 * sum (b - mean b)^2)`` over all voxels,
+    or over ``mask`` voxels; global (not windowed/local NCC). Unitless, in [-1, 1]; ``NaN`` when either
+    image is constant over the evaluated voxels (or none are evaluated).
+
+    Args:
+        a, b: images of equal shape (typically fixed and warped moving).
+        mask: optional boolean mask of the same shape.
+    """
+    x, y = _np(a).astype(np.float64), _np(b).astype(np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"images must share a grid; got shapes {x.shape} and {y.shape}")
+    if mask is not None:
+        m = _mask(mask)
+        if m.shape != x.shape:
+            raise ValueError(f"mask shape {m.shape} differs from image shape {x.shape}")
+        x, y = x[m], y[m]
+    x, y = x.ravel(), y.ravel()
+    if x.size == 0:
+        return NAN
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    if not denom > 0:
+        return NAN
+    return float(np.clip((x * y).sum() / denom, -1.0, 1.0))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters (``requires_grad``) of a torch module, shared tensors counted once."""
+    seen, n = set(), 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return int(n)
+
+
+# ------------------------------------------------------------------------------------------------ pair
+def evaluate_pair(
+    fixed_img,
+    warped_img,
+    fixed_seg,
+    warped_seg,
+    ddf,
+    spacing: Sequence[float] | float | None,
+    labels: Iterable[int],
+    true_ddf=None,
+    tre_mask=None,
+    unit: str = "mm",
+) -> list[dict]:
+    """All metrics of one registered pair, one row per label.
+
+    Args:
+        fixed_img, warped_img: ``(*spatial)`` fixed image and moving image warped onto the fixed grid.
+        fixed_seg, warped_seg: ``(*spatial)`` integer label maps (warped with nearest neighbour); may both be
+            ``None`` for data without segmentations.
+        ddf: ``(ndim, *spatial)`` predicted displacement in voxels on the fixed grid.
+        spacing: voxel size per axis in ``unit`` (ones when ``unit="px"``).
+        labels: label values to score (one row each).
+        true_ddf: optional ``(ndim, *spatial)`` ground-truth displacement (synthetic deformations).
+        tre_mask: optional mask of the voxels where TRE is evaluated (default: all).
+        unit: ``"mm"`` or ``"px"``; names the distance keys. ``"px"`` requires unit spacing.
+
+    Returns:
+        A list of dicts, one per label, with ``label`` (int) and float values:
+        ``dsc``, ``hd95_<unit>``, ``hd_<unit>``, ``assd_<unit>`` (per label, definitions of :func:`dice`,
+        :func:`hd95`, :func:`hd`, :func:`assd`), and the pair-level values repeated in every row:
+        ``folding_count``, ``folding_pct``, ``sdlogj`` (:func:`jacobian_stats` over the whole grid), ``cc``
+        (:func:`cc_similarity` of fixed vs warped image), ``tre_mean_<unit>``, ``tre_std_<unit>``
+        (:func:`tre`; ``NaN`` without ``true_ddf``). With no segmentation or no labels a single row with
+        ``label = -1`` and ``NaN`` overlap/surface values is returned so the pair-level values are kept.
+    """
+    if unit not in ("mm", "px"):
+        raise ValueError(f"unit must be 'mm' or 'px', got {unit!r}")
+    u = _field(ddf)
+    nd = u.shape[0]
+    s = _spacing(spacing, nd)
+    if unit == "px" and not np.allclose(s, 1.0):
+        raise ValueError(f"unit='px' needs spacing 1 on every axis, got {tuple(s)}; use unit='mm'")
+    fi = _np(fixed_img)
+    if fi.shape != u.shape[1:]:
+        raise ValueError(f"fixed image grid {fi.shape} differs from DDF grid {u.shape[1:]}")
+
+    js = jacobian_stats(u)
+    if true_ddf is not None:
+        tre_mean, tre_std = tre(u, true_ddf, s, mask=tre_mask)
+    else:
+        tre_mean, tre_std = NAN, NAN
+    pair = {
+        "folding_count": js["folding_count"],
+        "folding_pct": js["folding_pct"],
+        "sdlogj": js["sdlogj"],
+        "cc": cc_similarity(fixed_img, warped_img),
+        f"tre_mean_{unit}": float(tre_mean),
+        f"tre_std_{unit}": float(tre_std),
+    }
+
+    labels = [int(lab) for lab in labels]
+    rows: list[dict] = []
+    if fixed_seg is None or warped_seg is None or not labels:
+        rows.append({"label": -1, "dsc": NAN, f"hd95_{unit}": NAN, f"hd_{unit}": NAN, f"assd_{unit}": NAN, **pair})
+        return rows
+    f, w = _np(fixed_seg), _np(warped_seg)
+    if f.shape != fi.shape or w.shape != fi.shape:
+        raise ValueError(f"segmentations {f.shape}, {w.shape} differ from the image grid {fi.shape}")
+    for lab in labels:
+        a, b = f == lab, w == lab
+        h, h95, asd = _surface_summary(*surface_distances(a, b, s))
+        rows.append(
+            {"label": lab, "dsc": dice(a, b), f"hd95_{unit}": h95, f"hd_{unit}": h, f"assd_{unit}": asd, **pair}
+        )
+    return rows

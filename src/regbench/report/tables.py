@@ -1,0 +1,661 @@
+"""Result tables: load per-label metrics, average per pair, summarise per method, write md/csv/tex.
+
+Data flow::
+
+    metrics TSVs (one row per test pair x label)
+        -> load_metrics()         concatenated label-level DataFrame
+        -> per_pair()             one row per (dataset, method, fold, pair_id)
+        -> summary_table()        one row per method, "mean ± std" strings (+ numeric frame for the CSV)
+        -> write_table()          <stem>.md, <stem>.csv, <stem>.tex, each with the provenance record
+
+Statistics conventions (stated once, used everywhere):
+
+* The unit of analysis is the registered **pair**: label-wise metrics are first averaged over the labels of
+  a pair (``nanmean``; labels are foreground labels), then summarised over pairs (all folds pooled).
+* ``std`` is the **sample** standard deviation (``ddof=1``) over pairs. With a single valid pair the std is
+  undefined: the cell shows the mean alone and the CSV has ``std`` = NaN.
+* NaN values (e.g. a distance for a label absent from a pair) are skipped, so ``{metric}_n`` in the CSV may
+  be smaller than ``n_pairs``.
+* Paired tests: two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults:
+  ``zero_method="wilcox"``, ``method="auto"``) of each method against a reference on per-pair DSC, pairs
+  matched on ``(dataset, fold, pair_id)``, pairs with a NaN on either side dropped. No correction for
+  multiple comparisons is applied.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..provenance import provenance_latex, provenance_lines, provenance_markdown
+from ..utils import atomic_write_text, get_logger
+
+log = get_logger(__name__)
+
+#: Columns identifying one registered pair.
+PAIR_KEYS: tuple[str, ...] = ("dataset", "method", "fold", "pair_id")
+#: Metrics computed per label (averaged over labels by :func:`per_pair`); all other metrics are per pair.
+LABEL_METRICS: tuple[str, ...] = ("dsc", "hd95_mm", "hd_mm", "assd_mm", "hd95_px", "hd_px", "assd_px")
+#: Label-level columns dropped by :func:`per_pair`.
+LABEL_COLUMNS: tuple[str, ...] = ("label", "label_name")
+
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a metric column is named, ordered and formatted.
+
+    Attributes:
+        column: column name in the metrics tables (``"hd95_mm"``).
+        label: display name with unit (``"HD95 (mm)"``).
+        higher_is_better: ``True`` (↑), ``False`` (↓) or ``None`` (no arrow).
+        decimals: fixed decimals, or ``None`` for automatic (2 decimals, scientific below 0.01 or from 1e4).
+    """
+
+    column: str
+    label: str
+    higher_is_better: bool | None
+    decimals: int | None
+
+    @property
+    def arrow(self) -> str:
+        """``"↑"``, ``"↓"`` or ``""``."""
+        return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
+
+    @property
+    def header(self) -> str:
+        """Display name with direction arrow, e.g. ``"HD95 (mm) ↓"``."""
+        return f"{self.label} {self.arrow}".strip()
+
+    def _spec(self, ref: float) -> str:
+        if self.decimals is not None:
+            return f".{self.decimals}f"
+        a = abs(ref) if ref is not None and np.isfinite(ref) else 0.0
+        return ".2e" if (a != 0.0 and (a < 0.01 or a >= 1e4)) else ".2f"
+
+    def fmt(self, x: Any) -> str:
+        """Format one number (``"—"`` for NaN/None)."""
+        if x is None or (isinstance(x, float) and math.isnan(x)) or pd.isna(x):
+            return DASH
+        return format(float(x), self._spec(float(x)))
+
+    def fmt_mean_std(self, mean: float, std: float) -> str:
+        """``"mean ± std"`` with the mean's number format for both; plain mean when ``std`` is NaN."""
+        if mean is None or pd.isna(mean):
+            return DASH
+        spec = self._spec(float(mean))
+        if std is None or pd.isna(std):
+            return format(float(mean), spec)
+        return f"{format(float(mean), spec)} ± {format(float(std), spec)}"
+
+
+def _m(column: str, label: str, hib: bool | None, decimals: int | None) -> MetricInfo:
+    return MetricInfo(column, label, hib, decimals)
+
+
+#: Known metrics (column -> display info). Unknown columns get their own name, no arrow, 3 decimals.
+METRICS: dict[str, MetricInfo] = {
+    m.column: m
+    for m in [
+        _m("dsc", "DSC", True, 3),
+        _m("hd95_mm", "HD95 (mm)", False, 2),
+        _m("hd_mm", "HD (mm)", False, 2),
+        _m("assd_mm", "ASSD (mm)", False, 2),
+        _m("tre_mm", "TRE (mm)", False, 2),
+        _m("tre_std_mm", "TRE SD (mm)", False, 2),
+        _m("hd95_px", "HD95 (px)", False, 2),
+        _m("hd_px", "HD (px)", False, 2),
+        _m("assd_px", "ASSD (px)", False, 2),
+        _m("tre_px", "TRE (px)", False, 2),
+        _m("tre_std_px", "TRE SD (px)", False, 2),
+        _m("folding_pct", "|J|≤0 (%)", False, 3),
+        _m("folding_count", "|J|≤0 (count)", False, 1),
+        _m("sdlogj", "SDlogJ", False, 3),
+        _m("cc", "CC", True, 3),
+        _m("runtime_s", "Runtime (s)", False, None),
+    ]
+}
+
+
+def metric_info(column: str) -> MetricInfo:
+    """Display info of a metric column (see :data:`METRICS`); unknown columns get a neutral default."""
+    return METRICS.get(column, MetricInfo(column, column, None, 3))
+
+
+def _base(name: str) -> str:
+    return re.sub(r"_(mm|px)$", "", name)
+
+
+def resolve_metric(df: pd.DataFrame, name: str) -> str:
+    """Return the column of ``df`` holding metric ``name``, accepting unit-less or other-unit names.
+
+    ``"hd95"``, ``"hd95_mm"`` and ``"hd95_px"`` all resolve to whichever of ``hd95_mm`` / ``hd95_px`` exists
+    (exact match first, then ``_mm``, then ``_px``), so one metric list serves 3D (mm) and 2D (px) datasets.
+
+    Raises:
+        KeyError: no matching column; the message lists the metric-like columns available.
+    """
+    if name in df.columns:
+        return name
+    base = _base(name)
+    for cand in (base, f"{base}_mm", f"{base}_px"):
+        if cand in df.columns:
+            return cand
+    avail = [c for c in df.columns if c in METRICS or _base(c) in {_base(k) for k in METRICS}]
+    raise KeyError(f"metric {name!r} not found; available metric columns: {avail}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and per-pair aggregation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_metrics(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Read and concatenate metrics TSVs (one per dataset x method x fold).
+
+    Args:
+        paths: one path or an iterable of paths to tab-separated files with at least the columns
+            ``dataset, method, fold, pair_id`` (normally also ``method_name, fixed, moving, label,
+            label_name, dsc, hd95_mm|hd95_px, ..., runtime_s, device``). Distance columns may be ``_mm`` in
+            some files and ``_px`` in others; the union of columns is kept (missing -> NaN).
+
+    Returns:
+        The concatenated label-level DataFrame, rows in file order. ``method_name`` is filled from
+        ``method`` where absent. ``pair_id``, ``fold``, ``dataset``, ``method`` are read as strings so pairs
+        match across files.
+
+    Raises:
+        DataError: no paths given, or a file is missing, empty, has no data rows, or lacks a key column
+            (the message names the file).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("load_metrics: no metrics files given")
+    frames = []
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"{p}: metrics file not found")
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: metrics file is empty (0 bytes); re-run its evaluation step")
+        try:
+            df = pd.read_csv(p, sep="\t", dtype={k: str for k in PAIR_KEYS})
+        except pd.errors.EmptyDataError as exc:
+            raise DataError(f"{p}: metrics file is empty; re-run its evaluation step") from exc
+        except Exception as exc:
+            raise DataError(f"{p}: cannot read as a TSV ({type(exc).__name__}: {exc})") from exc
+        if df.empty:
+            raise DataError(f"{p}: metrics file has a header but no rows (no test pairs evaluated?)")
+        missing = [c for c in PAIR_KEYS if c not in df.columns]
+        if missing:
+            raise DataError(f"{p}: missing required column(s) {missing}; has {list(df.columns)}")
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True, sort=False)
+    if "method_name" not in out.columns:
+        out["method_name"] = out["method"]
+    else:
+        out["method_name"] = out["method_name"].where(out["method_name"].notna(), out["method"])
+    return out
+
+
+def per_pair(df: pd.DataFrame) -> pd.DataFrame:
+    """Collapse label rows to one row per registered pair.
+
+    Args:
+        df: label-level metrics (as from :func:`load_metrics`) with columns ``dataset, method, fold,
+            pair_id`` and any of the metric columns.
+
+    Returns:
+        One row per ``(dataset, method, fold, pair_id)`` (first-appearance order) with
+
+        * label-wise metrics (:data:`LABEL_METRICS` present in ``df``: ``dsc, hd95_*, hd_*, assd_*``)
+          averaged over the pair's labels with ``nanmean`` (NaN only if every label is NaN);
+        * every other column (pair-level metrics ``folding_*, sdlogj, cc, tre_*, runtime_s`` and text
+          columns ``method_name, fixed, moving, device``) taken once: the first non-NaN value;
+        * ``n_labels``: the number of label rows of the pair.
+
+        ``label`` and ``label_name`` are dropped. A pair-level numeric column that varies across the labels
+        of a pair is logged as a warning (it should be repeated identically).
+
+    Raises:
+        DataError: a key column is missing.
+    """
+    missing = [c for c in PAIR_KEYS if c not in df.columns]
+    if missing:
+        raise DataError(f"per_pair: metrics table lacks key column(s) {missing}; has {list(df.columns)}")
+    keys = list(PAIR_KEYS)
+    label_cols = [c for c in LABEL_METRICS if c in df.columns]
+    other = [c for c in df.columns if c not in keys and c not in label_cols and c not in LABEL_COLUMNS]
+    work = df.copy()
+    for c in label_cols:
+        work[c] = pd.to_numeric(work[c], errors="coerce")
+    g = work.groupby(keys, sort=False, dropna=False)
+    parts = [g.size().rename("n_labels")]
+    if label_cols:
+        parts.append(g[label_cols].mean())
+    if other:
+        parts.append(g[other].first())
+        num = [c for c in other if pd.api.types.is_numeric_dtype(work[c])]
+        if num:
+            varying = g[num].nunique(dropna=True).gt(1).sum()
+            varying = varying[varying > 0]
+            if len(varying):
+                log.warning(
+                    "per_pair: pair-level column(s) vary across labels of a pair (first value kept): %s",
+                    ", ".join(f"{c} ({n} pairs)" for c, n in varying.items()),
+                )
+    out = pd.concat(parts, axis=1).reset_index()
+    order = keys + [c for c in df.columns if c in out.columns and c not in keys] + ["n_labels"]
+    return out[order]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summary tables
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _method_names(df: pd.DataFrame) -> dict[str, str]:
+    names = df["method_name"] if "method_name" in df.columns else df["method"]
+    first = pd.DataFrame({"m": df["method"].astype(str), "n": names.astype(str)}).drop_duplicates("m")
+    return dict(zip(first["m"], first["n"]))
+
+
+def _match_method(key: str, names: Mapping[str, str]) -> str | None:
+    """Method id for an id or display name (``None`` if neither)."""
+    if key in names:
+        return key
+    for mid, name in names.items():
+        if name == key:
+            return mid
+    return None
+
+
+def _ordered_methods(df: pd.DataFrame, method_order: Sequence[str] | None) -> list[str]:
+    names = _method_names(df)
+    present = list(names)
+    if not method_order:
+        return present
+    out: list[str] = []
+    for key in method_order:
+        mid = _match_method(str(key), names)
+        if mid is None:
+            log.warning("method_order names %r, which has no rows; skipped", key)
+        elif mid not in out:
+            out.append(mid)
+    rest = [m for m in present if m not in out]
+    if rest:
+        log.warning("methods %s are not in method_order; appended at the end", rest)
+    return out + rest
+
+
+def _display_index(methods: list[str], names: Mapping[str, str]) -> list[str]:
+    labels = [names[m] for m in methods]
+    dup = {n for n in labels if labels.count(n) > 1}
+    return [f"{names[m]} ({m})" if names[m] in dup else names[m] for m in methods]
+
+
+_PM = re.compile(r"^\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*(?:±|\+/-|\+-|\\pm)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*$")
+
+
+def _parse_paper(value: Any) -> tuple[str | None, float, float]:
+    """Paper value -> (verbatim string or None, mean, std); numbers parsed from ``"a ± b"`` when possible."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, math.nan, math.nan
+    if isinstance(value, str):
+        s = value.strip()
+        if not s or s in {DASH, "-", "--"}:
+            return None, math.nan, math.nan
+        m = _PM.match(s)
+        if m:
+            return s, float(m.group(1)), float(m.group(2))
+        try:
+            return s, float(s), math.nan
+        except ValueError:
+            return s, math.nan, math.nan
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return None, float(value[0]), float(value[1])
+    return None, float(value), math.nan
+
+
+def _paper_lookup(paper_values: Mapping[str, Mapping[str, Any]], mid: str, name: str, metric: str, col: str) -> Any:
+    entry = paper_values.get(mid, paper_values.get(name))
+    if not entry:
+        return None
+    for key in (metric, col, _base(col)):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def _wilcoxon_p(x: np.ndarray, y: np.ndarray, min_pairs: int) -> float:
+    from scipy.stats import wilcoxon
+
+    if len(x) < min_pairs or not np.any(x - y != 0):
+        return math.nan
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(wilcoxon(x, y).pvalue)
+    except ValueError:
+        return math.nan
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or pd.isna(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def summary_table(
+    df_pairs: pd.DataFrame,
+    metrics: Sequence[str],
+    method_order: Sequence[str] | None = None,
+    reference: str | None = None,
+    paper_values: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    test_metric: str = "dsc",
+    min_pairs: int = 5,
+    return_numeric: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-method summary: ``mean ± std`` over pairs for each metric, ``n_pairs`` and optional p-values.
+
+    Args:
+        df_pairs: per-pair table from :func:`per_pair` (columns ``dataset, method, fold, pair_id``,
+            ``method_name`` and the metric columns). All rows are pooled per method (all folds; if several
+            datasets are present they are pooled too, with a warning: filter to one dataset first).
+        metrics: metric columns to show, in order (e.g. ``["dsc", "hd95", "folding_pct", "runtime_s"]``);
+            unit-less or other-unit names resolve via :func:`resolve_metric`.
+        method_order: row order, by method id or display name; unlisted methods are appended (warning).
+        reference: method id or display name to test against; adds the column
+            ``"p vs <name> (Wilcoxon, DSC)"``: two-sided Wilcoxon signed-rank p of each method vs the
+            reference on per-pair ``test_metric`` (pairs matched on ``dataset, fold, pair_id``; NaN pairs
+            dropped). ``—`` for the reference itself, for fewer than ``min_pairs`` matched pairs, or when all
+            differences are zero.
+        paper_values: ``{method id or name: {metric: value}}`` with a number or a verbatim string such as
+            ``"0.79 ± 0.08"`` (metric keys as in ``metrics``, the resolved column, or unit-less). Every metric
+            with at least one paper value gets two columns, ``"<metric> (paper)"`` then ``"<metric> (ours)"``;
+            ``—`` where the paper has no value for a method.
+        test_metric: metric column for the paired test (default ``dsc``).
+        min_pairs: smallest number of matched pairs for which a p-value is reported.
+        return_numeric: also return the numeric frame (see below) as a second value.
+
+    Returns:
+        The display DataFrame: index ``Method`` (display names; ``"name (id)"`` if two ids share a name),
+        string columns ``"<label> <arrow>"`` e.g. ``"DSC ↑"`` = ``"0.850 ± 0.071"`` (sample std, ``ddof=1``),
+        ``n_pairs`` and the p-value column. The numeric frame is stored in ``display.attrs["numeric"]``
+        (retrieve with :func:`numeric_table`; :func:`write_table` writes it as the CSV): index ``method``
+        (id), columns ``method_name, n_pairs``, per metric ``<col>_mean, <col>_std, <col>_n`` (valid pairs)
+        and ``<col>_paper_mean, <col>_paper_std`` when paper values exist, and with a reference
+        ``p_wilcoxon_vs_<ref>, n_paired_vs_<ref>``. With ``return_numeric=True``: ``(display, numeric)``.
+
+    Raises:
+        DataError: ``df_pairs`` is empty or lacks the ``method`` column.
+        KeyError: a metric column is missing.
+        ValueError: ``reference`` is not a method of ``df_pairs``.
+    """
+    if df_pairs is None or df_pairs.empty:
+        raise DataError("summary_table: no per-pair rows")
+    if "method" not in df_pairs.columns:
+        raise DataError(f"summary_table: per-pair table lacks 'method'; has {list(df_pairs.columns)}")
+    df = df_pairs.copy()
+    df["method"] = df["method"].astype(str)
+    if "dataset" in df.columns and df["dataset"].nunique() > 1:
+        log.warning("summary_table: pooling pairs of several datasets %s", sorted(df["dataset"].unique()))
+    cols = [resolve_metric(df, m) for m in metrics]
+    names = _method_names(df)
+    methods = _ordered_methods(df, method_order)
+    index = _display_index(methods, names)
+
+    numeric = pd.DataFrame(index=pd.Index(methods, name="method"))
+    numeric["method_name"] = [names[m] for m in methods]
+    numeric["n_pairs"] = [int((df["method"] == m).sum()) for m in methods]
+    display = pd.DataFrame(index=pd.Index(index, name="Method"))
+
+    for metric, col in zip(metrics, cols):
+        info = metric_info(col)
+        means, stds, ns = [], [], []
+        for m in methods:
+            v = pd.to_numeric(df.loc[df["method"] == m, col], errors="coerce").dropna().to_numpy(dtype=float)
+            means.append(float(v.mean()) if len(v) else math.nan)
+            stds.append(float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+            ns.append(len(v))
+        ours = [info.fmt_mean_std(a, b) for a, b in zip(means, stds)]
+        paper = None
+        if paper_values:
+            parsed = [_parse_paper(_paper_lookup(paper_values, m, names[m], metric, col)) for m in methods]
+            if any(s is not None or not math.isnan(a) for s, a, _ in parsed):
+                paper = [s if s is not None else info.fmt_mean_std(a, b) for s, a, b in parsed]
+                numeric[f"{col}_paper_mean"] = [a for _, a, _ in parsed]
+                numeric[f"{col}_paper_std"] = [b for _, _, b in parsed]
+        if paper is not None:
+            display[f"{info.header} (paper)"] = paper
+            display[f"{info.header} (ours)"] = ours
+        else:
+            display[info.header] = ours
+        numeric[f"{col}_mean"] = means
+        numeric[f"{col}_std"] = stds
+        numeric[f"{col}_n"] = ns
+    display["n_pairs"] = numeric["n_pairs"].to_numpy()
+
+    if reference is not None:
+        ref = _match_method(str(reference), names)
+        if ref is None:
+            raise ValueError(f"reference method {reference!r} not found; methods: {list(names)} / {list(names.values())}")
+        tcol = resolve_metric(df, test_metric)
+        keys = [k for k in ("dataset", "fold", "pair_id") if k in df.columns]
+        if "pair_id" not in keys:
+            raise DataError("summary_table: a paired test needs the 'pair_id' column")
+        vals = df[keys + ["method", tcol]].copy()
+        vals[tcol] = pd.to_numeric(vals[tcol], errors="coerce")
+        ref_v = vals[vals["method"] == ref].drop(columns="method").drop_duplicates(keys)
+        ps, npaired = [], []
+        for m in methods:
+            if m == ref:
+                ps.append(math.nan)
+                npaired.append(int(ref_v[tcol].notna().sum()))
+                continue
+            other = vals[vals["method"] == m].drop(columns="method").drop_duplicates(keys)
+            j = other.merge(ref_v, on=keys, suffixes=("_m", "_ref")).dropna(subset=[f"{tcol}_m", f"{tcol}_ref"])
+            x, y = j[f"{tcol}_m"].to_numpy(float), j[f"{tcol}_ref"].to_numpy(float)
+            npaired.append(len(j))
+            if len(j) < min_pairs:
+                log.warning("summary_table: %s vs %s: only %d matched pairs (< %d); no p-value", m, ref, len(j), min_pairs)
+            ps.append(_wilcoxon_p(x, y, min_pairs))
+        label = metric_info(tcol).label
+        pcol = f"p vs {names[ref]} (Wilcoxon, {label})"
+        display[pcol] = ["(ref.)" if m == ref else _fmt_p(p) for m, p in zip(methods, ps)]
+        numeric[f"p_wilcoxon_vs_{ref}"] = ps
+        numeric[f"n_paired_vs_{ref}"] = npaired
+
+    display.attrs["numeric"] = numeric.to_dict(orient="tight")
+    return (display, numeric) if return_numeric else display
+
+
+def numeric_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The numeric companion of a table from :func:`summary_table` / :func:`per_label_table`.
+
+    Returns ``table`` itself when it has no numeric companion (a plain DataFrame is written as is).
+    """
+    tight = table.attrs.get("numeric") if hasattr(table, "attrs") else None
+    if tight is None:
+        return table
+    return pd.DataFrame.from_dict(tight, orient="tight")
+
+
+def per_label_table(
+    df: pd.DataFrame,
+    metric: str = "dsc",
+    method_order: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Methods x labels table of ``mean ± std`` (``ddof=1``) of a label-wise metric over pairs (folds pooled).
+
+    Args:
+        df: label-level metrics (:func:`load_metrics`) with ``method``, ``label`` and/or ``label_name`` and
+            the metric column.
+        metric: label-wise metric (``dsc``, ``hd95``, ``assd_mm``, ...; resolved by :func:`resolve_metric`).
+        method_order: row order, by id or display name (see :func:`summary_table`).
+
+    Returns:
+        Display DataFrame: index ``Method``, one column per label (``label_name``, ordered by ``label``),
+        ``columns.name`` = the metric header (e.g. ``"DSC ↑"``). Numeric companion in ``attrs`` (see
+        :func:`numeric_table`): index ``method``, columns ``method_name`` and ``<label>_mean, <label>_std,
+        <label>_n`` per label.
+
+    Raises:
+        DataError: no rows, or neither ``label`` nor ``label_name`` present.
+        KeyError: the metric column is missing.
+    """
+    if df is None or df.empty:
+        raise DataError("per_label_table: no rows")
+    if "label_name" not in df.columns and "label" not in df.columns:
+        raise DataError(f"per_label_table: needs 'label' or 'label_name'; has {list(df.columns)}")
+    col = resolve_metric(df, metric)
+    info = metric_info(col)
+    work = df.copy()
+    work["method"] = work["method"].astype(str)
+    work["_val"] = pd.to_numeric(work[col], errors="coerce")
+    lname = work["label_name"] if "label_name" in work.columns else work["label"]
+    lname = lname.where(lname.notna(), work["label"] if "label" in work.columns else lname)
+    work["_lab"] = lname.astype(str)
+    if "label" in work.columns:
+        key = pd.to_numeric(work["label"], errors="coerce")
+        order = work.assign(_k=key).groupby("_lab", sort=False)["_k"].min().sort_values(kind="stable").index.tolist()
+    else:
+        order = list(dict.fromkeys(work["_lab"]))
+    names = _method_names(work)
+    methods = _ordered_methods(work, method_order)
+    display = pd.DataFrame(index=pd.Index(_display_index(methods, names), name="Method"))
+    numeric = pd.DataFrame(index=pd.Index(methods, name="method"))
+    numeric["method_name"] = [names[m] for m in methods]
+    stats = work.groupby(["method", "_lab"])["_val"].agg(["mean", lambda s: s.std(ddof=1), "count"])
+    stats.columns = ["mean", "std", "n"]
+    for lab in order:
+        means, stds, ns = [], [], []
+        for m in methods:
+            if (m, lab) in stats.index:
+                r = stats.loc[(m, lab)]
+                means.append(float(r["mean"]))
+                stds.append(float(r["std"]) if r["n"] > 1 else math.nan)
+                ns.append(int(r["n"]))
+            else:
+                means.append(math.nan)
+                stds.append(math.nan)
+                ns.append(0)
+        display[lab] = [info.fmt_mean_std(a, b) for a, b in zip(means, stds)]
+        numeric[f"{lab}_mean"], numeric[f"{lab}_std"], numeric[f"{lab}_n"] = means, stds, ns
+    display.columns.name = info.header
+    display.attrs["numeric"] = numeric.to_dict(orient="tight")
+    return display
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------------
+
+_LATEX_MAP = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "±": r"$\pm$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "—": "---",
+    "→": r"$\rightarrow$",
+}
+
+
+def latex_escape(text: Any) -> str:
+    """Escape TeX special characters and map the symbols used in headers (± ↑ ↓ ≤ —) to LaTeX."""
+    return "".join(_LATEX_MAP.get(ch, ch) for ch in str(text))
+
+
+def _to_latex(table: pd.DataFrame) -> str:
+    show_index = not (isinstance(table.index, pd.RangeIndex) and table.index.name is None)
+    cols = [str(c) for c in table.columns]
+    head: list[str] = []
+    if show_index:
+        head.append(" / ".join(str(n) for n in table.index.names if n is not None) or "")
+    head += cols
+    spec = ("l" if show_index else "") + "c" * len(cols)
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
+    for idx, row in zip(table.index, table.itertuples(index=False)):
+        cells = []
+        if show_index:
+            cells.append(", ".join(map(str, idx)) if isinstance(idx, tuple) else str(idx))
+        cells += [DASH if (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row]
+        lines.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(
+    table: pd.DataFrame,
+    out_stem: str | Path,
+    title: str,
+    provenance: Mapping[str, Any] | None,
+    notes: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write a table as ``<out_stem>.md``, ``<out_stem>.csv`` and ``<out_stem>.tex`` (each atomically).
+
+    Args:
+        table: display table (from :func:`summary_table` / :func:`per_label_table`, or any DataFrame).
+        out_stem: output path without suffix (``results/tables/oasis_summary``); the suffix is appended, so
+            dots in the stem are kept. Parent folders are created.
+        title: table title (Markdown heading, CSV/TeX comment).
+        provenance: record from :func:`regbench.provenance.collect` (``None`` writes "unavailable").
+        notes: free-text lines shown under the table, e.g. ``"scaled-down run: 20 epochs instead of 1500"``
+            (see :func:`regbench.provenance.scale_note`).
+
+    Files:
+        * ``.md``: ``# title``, the table (``DataFrame.to_markdown``, numbers kept as formatted), the notes
+          as a bullet list, then :func:`regbench.provenance.provenance_markdown`.
+        * ``.csv``: leading ``# `` comment lines (``# title: …``, ``# note: …``, ``# commit: …``,
+          ``# config: …`` …) then the numeric companion (:func:`numeric_table`: separate ``_mean`` / ``_std``
+          columns) with its index. Read back with ``pd.read_csv(path, comment="#", index_col=0)``.
+        * ``.tex``: ``%`` comments (title, notes, provenance), then a booktabs ``tabular`` fragment
+          (needs ``\\usepackage{booktabs}``) for ``\\input``; symbols mapped to math mode.
+
+    Returns:
+        ``{"md": Path, "csv": Path, "tex": Path}``.
+    """
+    stem = Path(out_stem)
+    notes = [str(n) for n in (notes or []) if n]
+    paths = {ext: stem.parent / f"{stem.name}.{ext}" for ext in ("md", "csv", "tex")}
+
+    md = [f"# {title}", "", table.to_markdown(disable_numparse=True), ""]
+    if notes:
+        md += [f"- {n}" for n in notes] + [""]
+    md.append(provenance_markdown(provenance))
+    atomic_write_text(paths["md"], "\n".join(md))
+
+    head = [f"# title: {' '.join(title.split())}"] + [f"# note: {' '.join(n.split())}" for n in notes]
+    head += provenance_lines(provenance, prefix="# ")
+    atomic_write_text(paths["csv"], "\n".join(head) + "\n" + numeric_table(table).to_csv(lineterminator="\n"))
+
+    tex = [f"% {' '.join(title.split())}"] + [f"% note: {' '.join(n.split())}" for n in notes]
+    tex.append("% requires \\usepackage{booktabs}")
+    atomic_write_text(paths["tex"], "\n".join(tex) + "\n" + provenance_latex(provenance) + _to_latex(table))
+    log.info("wrote %s.{md,csv,tex}", stem)
+    return paths

@@ -1,0 +1,228 @@
+"""One trainer for every learned pairwise registration model.
+
+A training run is fully described by the method's ``train`` block (steps, batch size, learning rate, loss
+terms and weights), the model spec, the dataset's prepared split and one seed per (experiment, fold). It
+
+* samples training pairs of the fold with a seeded generator (moving and fixed from ``pairs.tsv``),
+* optimises the weighted sum of loss terms with Adam (VoxelMorph, TMI 2019, Sec. IV-C: Adam, lr 1e-4),
+* writes ``checkpoint.pt`` atomically every ``checkpoint_every`` steps (model, optimiser, step, RNG states)
+  and resumes from it when restarted with the same spec,
+* logs every term to ``train_log.tsv``, shows a tqdm progress bar, and writes ``model.pt`` (weights plus
+  the model spec) and ``train_info.json`` (device, wall time, parameter count) at the end.
+
+Loss terms (``train.losses``, a list of ``{name, weight, ...}``):
+
+* ``lncc`` (window), ``ncc``, ``mse``: similarity between fixed and warped moving image;
+* ``diffusion`` (``penalty`` l2) / ``tv`` (l1): smoothness of the DDF;
+* ``dice``: soft Dice between fixed one-hot labels and linearly warped moving one-hot labels
+  (VoxelMorph with auxiliary segmentations, TMI 2019, Sec. III-D).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import losses as L
+from . import spatial
+from .data import PreparedDataset
+from .errors import ConfigError
+from .models import build_model
+from .provenance import config_hash
+from .utils import atomic_path, atomic_write_text, get_logger, seed_everything, select_device
+
+log = get_logger(__name__)
+
+
+def _build_terms(spec: list[dict[str, Any]]) -> list[tuple[str, float, torch.nn.Module]]:
+    terms = []
+    for i, item in enumerate(spec):
+        item = dict(item)
+        name = item.pop("name", None)
+        weight = float(item.pop("weight", 1.0))
+        if name in L.SIMILARITY:
+            module = L.make_similarity(name, **item)
+        elif name == "diffusion":
+            module = L.Diffusion(penalty=item.pop("penalty", "l2"))
+        elif name == "tv":
+            module = L.Diffusion(penalty="l1")
+        elif name == "dice":
+            module = L.SoftDice()
+        else:
+            raise ConfigError(f"train.losses[{i}].name: unknown loss term {name!r}")
+        terms.append((name, weight, module))
+    if not terms:
+        raise ConfigError("train.losses: at least one loss term is required")
+    return terms
+
+
+class _CaseCache:
+    """Loads each training case once and keeps it as a ``(1, 1, *spatial)`` tensor on the device."""
+
+    def __init__(self, ds: PreparedDataset, modality: str, device: torch.device, with_seg: bool):
+        self.ds, self.modality, self.device, self.with_seg = ds, modality, device, with_seg
+        self._img: dict[str, torch.Tensor] = {}
+        self._seg: dict[str, torch.Tensor] = {}
+
+    def image(self, case: str) -> torch.Tensor:
+        if case not in self._img:
+            arr = self.ds.load(case, self.modality).array
+            self._img[case] = torch.from_numpy(arr)[None, None].to(self.device)
+        return self._img[case]
+
+    def seg(self, case: str) -> torch.Tensor:
+        if case not in self._seg:
+            arr = self.ds.load(case, "seg").array.astype(np.int64)
+            self._seg[case] = torch.from_numpy(arr)[None, None].to(self.device)
+        return self._seg[case]
+
+
+def train(
+    prep_dir: str | Path,
+    out_dir: str | Path,
+    method: dict[str, Any],
+    fold: int,
+    seed: int,
+    modality: str,
+    labels: list[int],
+    device: str = "auto",
+    max_steps: int | None = None,
+) -> Path:
+    """Train ``method`` on the train pairs of ``fold``; return the path of ``model.pt``.
+
+    Args:
+        prep_dir: prepared dataset folder (``cases.tsv``, ``pairs.tsv``).
+        out_dir: run folder; holds ``checkpoint.pt``, ``train_log.tsv``, ``model.pt``, ``train_info.json``.
+        method: the method's config block (``model``, ``model_params``, ``train``).
+        fold: fold number in ``pairs.tsv``.
+        seed: seed for initialisation and pair sampling.
+        modality: ``cases.tsv`` column of the image the model registers (e.g. ``t1``).
+        labels: foreground label values (for a ``dice`` term).
+        device: ``auto`` (CUDA if present), ``cpu`` or ``cuda[:N]``.
+        max_steps: a scale knob capping ``train.steps`` (recorded in the info file); ``None`` = paper steps.
+
+    Raises:
+        ConfigError: unknown model or loss term.
+        DataError: missing prepared data.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = dict(method.get("train", {}))
+    steps = int(tcfg.get("steps", 1000))
+    if max_steps is not None:
+        steps = min(steps, int(max_steps))
+    batch = int(tcfg.get("batch_size", 1))
+    every = int(tcfg.get("checkpoint_every", 100))
+    dev = select_device(device)
+    spec_hash = config_hash({"method": method, "fold": fold, "seed": seed, "steps": steps, "modality": modality})
+
+    ds = PreparedDataset.open(prep_dir)
+    pairs = ds.pairs_for(fold, "train")
+    first = ds.load(pairs.at[0, "fixed"], modality).array
+    ndim = first.ndim
+    seed_everything(seed)
+    try:
+        model = build_model(method["model"], ndim, **method.get("model_params", {})).to(dev)
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"method {method.get('name')!r}: cannot build model: {exc}") from exc
+    opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-4)))
+    terms = _build_terms(tcfg.get("losses", [{"name": "lncc"}, {"name": "diffusion"}]))
+    needs_seg = any(name == "dice" for name, _, _ in terms)
+    cache = _CaseCache(ds, modality, dev, needs_seg)
+    rng = np.random.default_rng([seed, fold])
+
+    ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.tsv"
+    step, rows, elapsed_before = 0, [], 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if ckpt.get("spec_hash") == spec_hash:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            rng.bit_generator.state = ckpt["rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            step, elapsed_before = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+            if log_path.exists():
+                old = pd.read_csv(log_path, sep="\t")
+                rows = old[old["step"] <= step].to_dict("records")
+            log.info("resuming %s from step %d (%s)", method.get("name"), step, ckpt_path)
+        else:
+            log.warning("%s was written for another spec; starting afresh", ckpt_path)
+
+    def save_checkpoint(elapsed: float) -> None:
+        state = {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "spec_hash": spec_hash, "elapsed_s": elapsed,
+        }
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
+        with atomic_path(log_path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
+
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=step, desc=f"train {method.get('name')} fold{fold}", unit="step",
+               mininterval=2.0)
+    while step < steps:
+        idx = rng.integers(0, len(pairs), size=batch)
+        fixed = torch.cat([cache.image(pairs.at[i, "fixed"]) for i in idx])
+        moving = torch.cat([cache.image(pairs.at[i, "moving"]) for i in idx])
+        out = model(moving, fixed)
+        total = fixed.new_zeros(())
+        row: dict[str, float] = {"step": step + 1}
+        for name, weight, module in terms:
+            if name in L.SIMILARITY:
+                value = module(fixed, out["warped"])
+            elif name in ("diffusion", "tv"):
+                value = module(out["ddf"])
+            else:  # dice
+                fseg = torch.cat([cache.seg(pairs.at[i, "fixed"]) for i in idx])
+                mseg = torch.cat([cache.seg(pairs.at[i, "moving"]) for i in idx])
+                value = module(L.one_hot(fseg, labels), spatial.warp(L.one_hot(mseg, labels), out["ddf"]))
+            row[name] = float(value.detach())
+            total = total + weight * value
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        step += 1
+        row["loss"] = float(total.detach())
+        row["elapsed_s"] = elapsed_before + time.perf_counter() - t0
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if step % every == 0 or step == steps:
+            save_checkpoint(row["elapsed_s"])
+    bar.close()
+
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model_path = out_dir / "model.pt"
+    with atomic_path(model_path) as tmp:
+        torch.save({"model": model.state_dict(), "name": method["model"], "ndim": ndim,
+                    "params": method.get("model_params", {}), "spec_hash": spec_hash}, tmp)
+    info = {
+        "method": method.get("name"), "fold": fold, "seed": seed, "steps": steps,
+        "paper_steps": int(tcfg.get("steps", 1000)), "batch_size": batch, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "train_wall_s": rows[-1]["elapsed_s"] if rows else 0.0, "n_params": n_params,
+        "final_loss": rows[-1]["loss"] if rows else None, "spec_hash": spec_hash,
+    }
+    atomic_write_text(out_dir / "train_info.json", json.dumps(info, indent=2))
+    log.info("trained %s fold %d: %d steps in %.1f s on %s", method.get("name"), fold, steps,
+             info["train_wall_s"], dev)
+    return model_path
+
+
+def load_trained(model_path: str | Path, device: torch.device) -> torch.nn.Module:
+    """Load ``model.pt`` written by :func:`train` in eval mode on ``device``."""
+    blob = torch.load(model_path, map_location=device, weights_only=False)
+    model = build_model(blob["name"], blob["ndim"], **blob["params"]).to(device)
+    model.load_state_dict(blob["model"])
+    model.eval()
+    return model
