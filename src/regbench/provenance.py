@@ -146,7 +146,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d} if prefix else {"": d}
 
 
-def collect(cfg: Mapping[str, Any], devices: list[str] | None = None, repo_dir: str | Path = ".") -> dict[str, Any]:
+def collect(
+    cfg: Mapping[str, Any], devices: list[str] | None = None, repo_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Gather the provenance record of a run.
 
     Args:
@@ -156,7 +158,9 @@ def collect(cfg: Mapping[str, Any], devices: list[str] | None = None, repo_dir: 
             ``cfg["scale"]["protocol"]``, then ``""``).
         devices: devices the results were computed on (e.g. the distinct ``device`` values of the metrics
             tables: ``["cuda:0 (NVIDIA H100)", "cpu"]``); duplicates are removed, order kept.
-        repo_dir: directory inside the git work tree of the code (for :func:`git_commit`).
+        repo_dir: directory inside the git work tree of the code (for :func:`git_commit`). Default: the
+            folder of this package (right for an editable install, wherever the run's working directory
+            is), falling back to the current directory when that is not inside a git work tree.
 
     Returns:
         A JSON-serialisable dict with keys ``config_hash, commit, seed, versions, devices, platform, scale,
@@ -171,9 +175,15 @@ def collect(cfg: Mapping[str, Any], devices: list[str] | None = None, repo_dir: 
         d = str(d)
         if d not in seen:
             seen.append(d)
+    if repo_dir is None:
+        commit = git_commit(Path(__file__).resolve().parent)
+        if commit == "unknown":
+            commit = git_commit(".")
+    else:
+        commit = git_commit(repo_dir)
     return {
         "config_hash": config_hash(cfg),
-        "commit": git_commit(repo_dir),
+        "commit": commit,
         "seed": cfg.get("seed"),
         "versions": package_versions(),
         "devices": seen,

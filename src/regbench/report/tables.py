@@ -610,6 +610,19 @@ def _to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _md_escape(v: Any) -> Any:
+    return v.replace("|", "\\|") if isinstance(v, str) else v
+
+
+def _to_markdown(table: pd.DataFrame) -> str:
+    """``DataFrame.to_markdown`` with ``|`` escaped in cells/headers (``|J|≤0``) and numbers kept as formatted."""
+    t = table.copy()
+    t.columns = [_md_escape(str(c)) for c in t.columns]
+    t.index = pd.Index([_md_escape(str(i)) for i in t.index], name=_md_escape(t.index.name))
+    t = t.astype(object).map(_md_escape)
+    return t.to_markdown(disable_numparse=True)
+
+
 def write_table(
     table: pd.DataFrame,
     out_stem: str | Path,
@@ -644,7 +657,7 @@ def write_table(
     notes = [str(n) for n in (notes or []) if n]
     paths = {ext: stem.parent / f"{stem.name}.{ext}" for ext in ("md", "csv", "tex")}
 
-    md = [f"# {title}", "", table.to_markdown(disable_numparse=True), ""]
+    md = [f"# {title}", "", _to_markdown(table), ""]
     if notes:
         md += [f"- {n}" for n in notes] + [""]
     md.append(provenance_markdown(provenance))

@@ -1,0 +1,117 @@
+"""Render one experiment's outputs into ``results/<experiment>/``: the summary table, the per-label DSC
+table, box plots and a qualitative panel, each with the run's provenance and scale knobs.
+
+Files (names fixed; the Snakemake ``report`` rule lists them):
+
+* ``table.{md,csv,tex}``: method x metric, mean ± std over test pairs (folds pooled per dataset), ``n_pairs``,
+  a paired Wilcoxon test of each method against ``report.reference`` on per-pair DSC, and the paper's value
+  beside ours where ``report.paper_values`` has one;
+* ``table_dsc_per_label.{md,csv,tex}``: DSC per anatomical label;
+* ``fig_boxplots.{png,pdf}``: per-pair distributions of the report metrics;
+* ``fig_qualitative.{png,pdf}``: one test pair (``report.qualitative_pair`` or the first) for every method.
+
+With several datasets in one experiment, each dataset's rows are tabled separately (``table.md`` holds all
+of them, one section per dataset).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .. import provenance
+from ..utils import get_logger
+from . import figures, tables
+
+log = get_logger(__name__)
+
+
+def _notes(exp: dict[str, Any]) -> list[str]:
+    notes = [f"Protocol: {' '.join(str(exp.get('protocol', '')).split())}"]
+    knobs = {k: v for k, v in (exp.get("scale") or {}).items() if k != "note" and v is not None}
+    if knobs or (exp.get("scale") or {}).get("note"):
+        notes.append(
+            "SCALED-DOWN RUN (not the paper protocol): "
+            + ", ".join(f"{k}={v}" for k, v in knobs.items())
+            + (f". {exp['scale']['note']}" if exp["scale"].get("note") else "")
+        )
+    notes.append("Values are mean ± std (sample std, ddof=1) over test pairs; label-wise metrics are first "
+                 "averaged over the foreground labels of each pair. Runtime is per pair (registration only).")
+    return notes
+
+
+def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_dir: Path,
+                      reg_root: Path | None = None, prep_root: Path | None = None) -> list[Path]:
+    """Write every table and figure of ``exp`` from its metrics TSVs; return the written paths.
+
+    Args:
+        exp: validated experiment config (:func:`regbench.config.validate_experiment`).
+        metrics_paths: the metrics TSVs of all (dataset, method, fold) jobs.
+        out_dir: ``results/<experiment>``.
+        reg_root, prep_root: roots of registration outputs and prepared data (default
+            ``work/<experiment>/reg`` and ``data/prep/<experiment>``) for the qualitative panel. If they are
+            missing (a reviewer regenerating tables from committed metrics), the existing panel is kept.
+
+    Raises:
+        DataError: a metrics file is missing or empty (from :func:`tables.load_metrics`).
+    """
+    name = exp["experiment"]
+    rep = exp["report"]
+    reg_root = reg_root or Path("work") / name / "reg"
+    prep_root = prep_root or Path("data") / "prep" / name
+    df = tables.load_metrics(metrics_paths)
+    devices = sorted(df["device"].dropna().astype(str).unique()) if "device" in df else []
+    prov = provenance.collect(exp, devices=devices)
+    notes = _notes(exp)
+    order = rep.get("method_order")
+    pairs = tables.per_pair(df)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    summaries, per_label = [], []
+    for dataset, sub in pairs.groupby("dataset", sort=False):
+        t = tables.summary_table(sub, rep["metrics"], method_order=order, reference=rep.get("reference"),
+                                 paper_values=(rep.get("paper_values") or {}).get(dataset))
+        summaries.append((dataset, t))
+        per_label.append((dataset, tables.per_label_table(df[df["dataset"] == dataset], "dsc", method_order=order)))
+
+    def combine(items):
+        if len(items) == 1:
+            return items[0][1]
+        frames = []
+        for dataset, t in items:
+            t = t.copy()
+            t.insert(0, "Dataset", dataset)
+            frames.append(t)
+        out = pd.concat(frames)
+        out.attrs["numeric"] = pd.concat(
+            [tables.numeric_table(t).assign(dataset=d) for d, t in items]
+        )
+        return out
+
+    title = rep["title"]
+    written += tables.write_table(combine(summaries), out_dir / "table", title, prov, notes).values()
+    written += tables.write_table(combine(per_label), out_dir / "table_dsc_per_label",
+                                  f"{title}: DSC per label", prov, notes).values()
+    written += figures.boxplots(pairs, rep["metrics"], out_dir / "fig_boxplots", method_order=order,
+                                title=title).values()
+
+    dataset = next(iter(exp["datasets"]))
+    fold = exp["datasets"][dataset]["folds"][0]
+    ordered = order or list(exp["methods"])
+    reg_dirs = {exp["methods"][m]["name"]: reg_root / dataset / m / f"fold{fold}" for m in ordered
+                if (reg_root / dataset / m / f"fold{fold}" / "pairs.tsv").exists()}
+    cases = prep_root / dataset / "cases.tsv"
+    if reg_dirs and cases.exists():
+        written += figures.qualitative_from_dirs(
+            cases, reg_dirs, rep.get("qualitative_pair"), exp["datasets"][dataset]["modality"],
+            out_dir / "fig_qualitative", title=f"{title}: one test pair ({dataset}, fold {fold})",
+        ).values()
+    else:
+        log.warning("registration outputs under %s are absent; keeping the existing qualitative figure", reg_root)
+    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
+    log.info("wrote %d report files to %s", len(written), out_dir)
+    return written

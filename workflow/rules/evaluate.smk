@@ -1,0 +1,22 @@
+# evaluate: DSC, HD95, HD, ASSD per label; folding, SDlogJ, TRE, CC, runtime per pair.
+rule evaluate:
+    input:
+        reg="work/{experiment}/reg/{dataset}/{method}/fold{fold}/pairs.tsv",
+        cases="data/prep/{experiment}/{dataset}/cases.tsv",
+    output:
+        "results/{experiment}/metrics/{dataset}/{method}/fold{fold}.tsv",
+    params:
+        prep=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
+        reg=lambda w: f"work/{w.experiment}/reg/{w.dataset}/{w.method}/fold{w.fold}",
+        spec=lambda w: spec_json({
+            "dataset": w.dataset, "method_id": w.method, "method_name": method_cfg(w)["name"],
+            "labels": dataset_cfg(w)["labels"], "modality": dataset_cfg(w)["modality"],
+            "unit": dataset_cfg(w)["unit"],
+        }),
+    log:
+        "logs/{experiment}/evaluate/{dataset}/{method}/fold{fold}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "regbench evaluate --prep {params.prep} --reg {params.reg} --out {output} --fold {wildcards.fold}"
+        " --spec {params.spec:q} > {log} 2>&1"

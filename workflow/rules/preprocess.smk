@@ -1,0 +1,17 @@
+# preprocess: canonical NIfTI per case, cases.tsv and the pairs/folds table every later stage reads.
+rule preprocess:
+    input:
+        "data/raw/{dataset}/FETCHED.json",
+    output:
+        cases="data/prep/{experiment}/{dataset}/cases.tsv",
+        pairs="data/prep/{experiment}/{dataset}/pairs.tsv",
+    params:
+        spec=lambda w: spec_json({**dataset_cfg(w), "seed": exp(w)["seed"]}),
+        raw=lambda w: f"data/raw/{w.dataset}",
+        out=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
+    log:
+        "logs/{experiment}/preprocess/{dataset}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "regbench preprocess --raw {params.raw} --out {params.out} --spec {params.spec:q} > {log} 2>&1"

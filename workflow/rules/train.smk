@@ -1,0 +1,28 @@
+# train: one learned model per (dataset, method, fold); a GPU job when one is present, CPU otherwise.
+rule train:
+    input:
+        cases="data/prep/{experiment}/{dataset}/cases.tsv",
+        pairs="data/prep/{experiment}/{dataset}/pairs.tsv",
+    output:
+        model="work/{experiment}/models/{dataset}/{method}/fold{fold}/model.pt",
+        info="work/{experiment}/models/{dataset}/{method}/fold{fold}/train_info.json",
+    params:
+        prep=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
+        out=lambda w: f"work/{w.experiment}/models/{w.dataset}/{w.method}/fold{w.fold}",
+        spec=lambda w: spec_json({
+            "method": method_cfg(w), "seed": exp(w)["seed"] + int(w.fold),
+            "modality": dataset_cfg(w)["modality"], "labels": sorted(dataset_cfg(w)["labels"]),
+            "device": exp(w)["device"], "max_steps": exp(w)["scale"].get("max_train_steps"),
+        }),
+    resources:
+        gpu=1,
+    threads: workflow.cores
+    log:
+        "logs/{experiment}/train/{dataset}/{method}/fold{fold}.log",
+    benchmark:
+        "benchmarks/{experiment}/train/{dataset}/{method}/fold{fold}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "regbench train --prep {params.prep} --out {params.out} --fold {wildcards.fold}"
+        " --spec {params.spec:q} > {log} 2>&1"
