@@ -36,6 +36,24 @@ class Image:
         return tuple(float(np.linalg.norm(self.affine[:3, i])) for i in range(nd))
 
 
+def _raw_zooms(path: Path, img) -> tuple[float, ...]:
+    """Voxel sizes as stored in the file: nibabel silently replaces zero pixdims by 1 on load, which would
+    hide a broken header, so the header is re-read unchecked; the affine's column norms are checked too."""
+    zooms = [float(z) for z in img.header.get_zooms()]
+    try:
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(str(path)) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+        n = len(zooms)
+        zooms = [float(z) for z in raw["pixdim"][1 : 1 + n]]
+    except Exception:  # pragma: no cover - non-NIfTI formats: keep nibabel's values
+        pass
+    nd = min(len(zooms), 3)
+    norms = [float(np.linalg.norm(img.affine[:3, i])) for i in range(nd)]
+    return tuple(min(abs(z), n) if np.isfinite(z) else z for z, n in zip(zooms[:nd], norms)) + tuple(zooms[nd:])
+
+
 def load_image(path: str | Path, *, allow_nan: bool = False, dtype=np.float32) -> Image:
     """Read a NIfTI file and check it.
 
@@ -51,7 +69,7 @@ def load_image(path: str | Path, *, allow_nan: bool = False, dtype=np.float32) -
         arr = np.asarray(img.dataobj, dtype=dtype)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    zooms = img.header.get_zooms()[: min(arr.ndim, 3)]
+    zooms = _raw_zooms(path, img)[: min(arr.ndim, 3)]
     if any((not np.isfinite(z)) or z <= 0 for z in zooms):
         raise DataError(f"{path}: voxel spacing {tuple(float(z) for z in zooms)} has a zero or non-finite entry")
     if not allow_nan and np.issubdtype(arr.dtype, np.floating):

@@ -196,15 +196,17 @@ def collect(
 
 
 def _scale_items(prov: Mapping[str, Any]) -> dict[str, Any]:
-    """Flattened ``scale`` knobs (dotted keys), without the ``protocol`` text, which has its own line."""
-    return {k: v for k, v in _flatten(prov.get("scale") or {}).items() if k and k != "protocol"}
+    """Flattened ``scale`` knobs (dotted keys), without ``None`` values (= as in the paper protocol) and without
+    the ``protocol`` text, which has its own line."""
+    return {k: v for k, v in _flatten(prov.get("scale") or {}).items() if k and k != "protocol" and v is not None}
 
 
 def scale_note(prov: Mapping[str, Any]) -> str | None:
     """One line stating that the run is scaled down, listing the ``scale`` knobs; ``None`` if there are none.
 
-    Example: ``"scaled-down run (differs from the paper protocol): epochs=20, max_pairs=10"``. The
-    ``protocol`` entry of a scale block is not repeated here (it is shown as its own provenance line).
+    Example: ``"scaled-down run (differs from the paper protocol): epochs=20, max_pairs=10"``. Knobs set to
+    ``None`` (meaning "as in the protocol") are left out, and so is a ``protocol`` entry of the scale block
+    (shown as its own provenance line).
     """
     scale = _scale_items(prov)
     if not scale:

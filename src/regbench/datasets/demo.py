@@ -342,6 +342,14 @@ def true_pair_ddf(
 # main entry point
 
 
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def _write_tsv(path: Path, df: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False)
@@ -465,7 +473,7 @@ def build_demo(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Data
             "torch": torch.__version__,
         },
     }
-    atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2, default=_json_default) + "\n")
     log.info(
         "demo dataset: %d cases (%d train, %d test), grid %s at %.3g mm, %d pairs, in %.1f s -> %s",
         n, n - nt, nt, "x".join(map(str, shape)), s, len(pairs), time.perf_counter() - t_start, out_dir,

@@ -172,10 +172,10 @@ def layout_patterns(source: dict) -> list[str]:
 
 
 def _datasets(registry: dict) -> dict:
-    if isinstance(registry.get("datasets"), dict) and "source" not in registry.get("datasets", {}):
-        inner = registry["datasets"]
-        if all(isinstance(v, dict) for v in inner.values()):
-            return inner
+    """Accept ``{name: entry}`` or a whole registry document ``{"datasets": {name: entry}}``."""
+    inner = registry.get("datasets")
+    if isinstance(inner, dict) and inner and all(isinstance(v, dict) and "source" in v for v in inner.values()):
+        return inner
     return registry
 
 
@@ -617,11 +617,15 @@ def _ingest_folder(job: _Job, folder: Path, origin: str) -> bool:
     the folder itself is placed as one entry (for layouts such as ``*/data/JSRT/...``).
     """
     layout = layout_patterns(job.source)
-    modes = ["contents", "as_entry"] if layout else ["contents"]
-    for mode in modes:
-        if mode == "contents" and layout and any(not _glob_files(folder, p) for p in layout):
+    inside = str(folder) + os.sep
+
+    def matches_as_entry(pat: str) -> bool:
+        return any(h.startswith(inside) for h in _glob_files(folder.parent, pat))
+
+    for mode in ["contents", "as_entry"] if layout else ["contents"]:
+        if mode == "contents" and any(not _glob_files(folder, p) for p in layout):
             continue
-        if mode == "as_entry" and any(not _glob_files(folder.parent, p) for p in layout):
+        if mode == "as_entry" and not all(matches_as_entry(p) for p in layout):
             continue
         with _staging(job) as stage:
             if mode == "contents":
@@ -631,12 +635,7 @@ def _ingest_folder(job: _Job, folder: Path, origin: str) -> bool:
                     _link_or_copy(e, stage / e.name, job.copy)
             else:
                 _link_or_copy(folder, stage / folder.name, job.copy)
-            try:
-                verified = _verify_staged(job, stage, str(folder))
-            except DataError:
-                if mode == modes[-1]:
-                    raise
-                continue
+            verified = _verify_staged(job, stage, str(folder))
             rec = _base_record(job, origin)
             rec["local_path"] = str(folder)
             rec["placement"] = ("copied" if job.copy else "symlinked") + (

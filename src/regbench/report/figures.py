@@ -14,11 +14,13 @@ exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -122,10 +124,12 @@ def boxplots(
             ax.set_xticks([])
         else:
             present = [m for m in order if m in set(sub["_method"])]
-            sns.boxplot(
-                data=sub, x="_method", y=col, order=present, hue="_method", hue_order=present, legend=False,
-                ax=ax, showfliers=False, width=0.6, linewidth=1.0, palette="Set2",
-            )
+            with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
+                warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
+                sns.boxplot(
+                    data=sub, x="_method", y=col, order=present, hue="_method", hue_order=present,
+                    legend=False, ax=ax, showfliers=False, width=0.6, linewidth=1.0, palette="Set2",
+                )
             sns.stripplot(
                 data=sub, x="_method", y=col, order=present, ax=ax, color="0.15", size=2.5, alpha=0.6,
                 jitter=0.22,

@@ -484,11 +484,15 @@ def summary_table(
 def numeric_table(table: pd.DataFrame) -> pd.DataFrame:
     """The numeric companion of a table from :func:`summary_table` / :func:`per_label_table`.
 
-    Returns ``table`` itself when it has no numeric companion (a plain DataFrame is written as is).
+    The companion lives in ``table.attrs["numeric"]`` as a ``DataFrame.to_dict(orient="tight")`` dict (kept
+    as plain lists so pandas can compare/copy ``attrs`` safely); a ``DataFrame`` placed there by a caller is
+    accepted too. Returns ``table`` itself when it has no numeric companion (written as is).
     """
     tight = table.attrs.get("numeric") if hasattr(table, "attrs") else None
     if tight is None:
         return table
+    if isinstance(tight, pd.DataFrame):  # a caller may attach a DataFrame (e.g. several tables combined)
+        return tight.copy()
     return pd.DataFrame.from_dict(tight, orient="tight")
 
 
@@ -611,7 +615,9 @@ def _to_latex(table: pd.DataFrame) -> str:
 
 
 def _md_escape(v: Any) -> Any:
-    return v.replace("|", "\\|") if isinstance(v, str) else v
+    if isinstance(v, str):
+        return v.replace("|", "\\|")
+    return DASH if v is None or (np.isscalar(v) and pd.isna(v)) else v
 
 
 def _to_markdown(table: pd.DataFrame) -> str:
