@@ -121,7 +121,10 @@ def train(
     batch = int(tcfg.get("batch_size", 1))
     every = int(tcfg.get("checkpoint_every", 100))
     dev = select_device(device)
-    spec_hash = config_hash({"method": method, "fold": fold, "seed": seed, "steps": steps, "modality": modality})
+    # The number of steps is left out of the hash: raising it resumes from the last checkpoint.
+    resume_spec = {k: v for k, v in method.items() if k != "train"}
+    resume_spec["train"] = {k: v for k, v in tcfg.items() if k not in ("steps", "checkpoint_every")}
+    spec_hash = config_hash({"method": resume_spec, "fold": fold, "seed": seed, "modality": modality})
 
     ds = PreparedDataset.open(prep_dir)
     pairs = ds.pairs_for(fold, "train")

@@ -77,7 +77,7 @@ PROVENANCE = (
 )
 
 ICBM_NOTICE = (
-    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, "
+    "Copyright (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, "
     "McGill University. Permission to use, copy, modify, and distribute this software and its documentation "
     "for any purpose and without fee is hereby granted, provided that the above copyright notice appear in all "
     "copies. The authors and McGill University make no representations about the suitability of this software "

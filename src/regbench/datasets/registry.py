@@ -179,7 +179,8 @@ def load_registry(
     data = load_yaml(path)
     schema_file = Path(schema) if schema is not None else schema_path("datasets.schema.yaml", path.resolve().parent)
     validate_config(data, schema_file, str(path))
-    datasets = copy.deepcopy(data["datasets"])
+    # one deepcopy per entry: objects shared through YAML anchors/merge keys become independent copies
+    datasets = {name: copy.deepcopy(entry) for name, entry in data["datasets"].items()}
     for entry in datasets.values():
         entry["labels"] = {int(k): v for k, v in (entry.get("labels") or {}).items()}
         entry.setdefault("local_path", None)

@@ -1,0 +1,116 @@
+"""VoxelMorph, losses, the trainer (resume, log) and the registration stage on a tiny 2D dataset."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from regbench import losses
+from regbench.errors import ConfigError, DataError
+from regbench.models import build_model
+from regbench.register import register_pairs
+from regbench.train import load_trained, train
+
+METHOD = {
+    "name": "VoxelMorph", "kind": "learned", "model": "voxelmorph",
+    "model_params": {"variant": "vm1"},
+    "train": {"steps": 6, "lr": 1e-3, "batch_size": 2, "checkpoint_every": 3,
+              "losses": [{"name": "lncc", "window": 5}, {"name": "diffusion", "weight": 0.5},
+                         {"name": "dice", "weight": 0.1}]},
+}
+
+
+@pytest.mark.parametrize("shape, variant, steps", [((32, 48), "vm1", 0), ((16, 16, 32), "vm2", 0),
+                                                   ((16, 32, 16), "vm2", 4)])
+def test_voxelmorph_shapes_and_identity_start(shape, variant, steps):
+    model = build_model("voxelmorph", len(shape), variant=variant, int_steps=steps)
+    x = torch.rand(2, 1, *shape)
+    out = model(x, torch.rand(2, 1, *shape))
+    assert out["ddf"].shape == (2, len(shape), *shape)
+    assert out["warped"].shape == x.shape
+    assert out["ddf"].abs().max() < 1e-2  # near-zero head initialisation
+
+
+def test_voxelmorph_parameter_counts_follow_the_paper_widths():
+    n1 = sum(p.numel() for p in build_model("voxelmorph", 3, variant="vm1").parameters())
+    n2 = sum(p.numel() for p in build_model("voxelmorph", 3, variant="vm2").parameters())
+    assert 250_000 < n1 < n2 < 320_000
+
+
+def test_voxelmorph_rejects_bad_sizes():
+    model = build_model("voxelmorph", 2)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        model(torch.rand(1, 1, 30, 32), torch.rand(1, 1, 30, 32))
+    with pytest.raises(KeyError, match="registered models"):
+        build_model("voxelmorf", 2)
+
+
+def test_local_ncc_properties():
+    a = torch.rand(1, 1, 20, 20)
+    ncc = losses.LocalNCC(window=5)
+    assert ncc(a, a) < -0.99
+    assert ncc(a, 3 * a + 1) < -0.95  # invariant to affine intensity changes (but for zero-padded borders)
+    assert ncc(a, torch.rand(1, 1, 20, 20)) > -0.5
+
+
+def test_diffusion_and_dice():
+    ddf = torch.zeros(1, 2, 8, 8)
+    assert losses.Diffusion()(ddf) == 0
+    ddf[:, 0, 4:] = 1.0
+    assert losses.Diffusion()(ddf) > 0
+    oh = torch.zeros(1, 2, 8, 8)
+    oh[:, 0, :4], oh[:, 1, 4:] = 1, 1
+    assert losses.SoftDice()(oh, oh) < 1e-4
+    assert losses.SoftDice()(oh, oh.flip(1)) > 0.99
+
+
+def test_training_resumes_to_the_same_weights(tiny_prepared, tmp_path):
+    spec = dict(prep_dir=tiny_prepared, method=METHOD, fold=0, seed=3, modality="img", labels=[1, 2],
+                device="cpu")
+    straight = train(out_dir=tmp_path / "a", **spec)
+    train(out_dir=tmp_path / "b", max_steps=3, **spec)  # "interrupted" after the step-3 checkpoint
+    log_b = pd.read_csv(tmp_path / "b" / "train_log.tsv", sep="\t")
+    assert log_b["step"].tolist() == [1, 2, 3]
+    resumed = train(out_dir=tmp_path / "b", **spec)
+    log = pd.read_csv(tmp_path / "b" / "train_log.tsv", sep="\t")
+    assert log["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert {"lncc", "diffusion", "dice", "loss"} <= set(log.columns)
+    wa = torch.load(straight, weights_only=False)["model"]
+    wb = torch.load(resumed, weights_only=False)["model"]
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    info = json.loads((tmp_path / "b" / "train_info.json").read_text())
+    assert info["steps"] == 6 and info["device"] == "cpu" and info["n_params"] > 0
+
+
+def test_training_reduces_the_loss(tiny_prepared, tmp_path):
+    method = json.loads(json.dumps(METHOD))
+    method["train"].update(steps=40, lr=3e-3, checkpoint_every=40)
+    train(tiny_prepared, tmp_path / "m", method, 0, 0, "img", [1, 2], device="cpu")
+    log = pd.read_csv(tmp_path / "m" / "train_log.tsv", sep="\t")
+    assert log["loss"].tail(10).mean() < log["loss"].head(5).mean()
+
+
+def test_unknown_loss_is_a_config_error(tiny_prepared, tmp_path):
+    method = json.loads(json.dumps(METHOD))
+    method["train"]["losses"] = [{"name": "ssim"}]
+    with pytest.raises(ConfigError, match="unknown loss term 'ssim'"):
+        train(tiny_prepared, tmp_path / "x", method, 0, 0, "img", [1, 2], device="cpu")
+
+
+def test_register_stage_writes_fields_and_table(tiny_prepared, tmp_path):
+    model = train(tiny_prepared, tmp_path / "m", METHOD, 0, 0, "img", [1, 2], device="cpu")
+    assert isinstance(load_trained(model, torch.device("cpu")), torch.nn.Module)
+    table = register_pairs(tiny_prepared, tmp_path / "reg", METHOD, 0, 0, "img", device="cpu", model_path=model)
+    df = pd.read_csv(table, sep="\t")
+    assert len(df) == 2 and (df["runtime_s"] > 0).all()
+    for col in ("ddf", "warped", "warped_seg"):
+        assert all((tmp_path / "reg" / p).exists() for p in df[col])
+    before = register_pairs(tiny_prepared, tmp_path / "before", {"name": "Before", "kind": "classical",
+                                                                 "transform": "identity"}, 0, 0, "img",
+                            max_pairs=1)
+    assert len(pd.read_csv(before, sep="\t")) == 1
+    with pytest.raises(DataError, match="no test pairs for fold 3"):
+        register_pairs(tiny_prepared, tmp_path / "r3", METHOD, 3, 0, "img", model_path=model)
