@@ -52,9 +52,18 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
 def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str, dict[str, Any]]:
     """Return ``{experiment name: validated experiment}`` from a Snakemake top-level config.
 
+    An inline experiment (a config with ``experiment:``) wins over an ``experiments`` list, because
+    Snakemake merges a ``--configfile`` over the Snakefile's default ``config/config.yaml``.
+
     Raises:
         ConfigError: a listed file is missing or invalid, or two experiments share a name.
     """
+    if "experiment" in config:
+        # One experiment given with --configfile: Snakemake merges it over the default config/config.yaml,
+        # whose `experiments` list is then not what the user asked for.
+        inline = {k: v for k, v in config.items() if k != "experiments"}
+        exp = validate_experiment(inline, "config")
+        return {exp["experiment"]: exp}
     if "experiments" in config:
         out: dict[str, dict[str, Any]] = {}
         for entry in config["experiments"]:
@@ -64,8 +73,7 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
                 raise ConfigError(f"{entry}: experiment name {exp['experiment']!r} is used twice")
             out[exp["experiment"]] = exp
         return out
-    exp = validate_experiment(dict(config), "config")
-    return {exp["experiment"]: exp}
+    raise ConfigError("config: neither an `experiments` list nor an inline experiment (`experiment: <name>`)")
 
 
 def methods_for(exp: dict[str, Any], dataset: str) -> list[str]:

@@ -1,16 +1,4 @@
-import shlex
-
-
 # fetch: download (pooch) or ingest a local archive/folder, or locate package data; verify hashes.
-def local_path_arg(dataset):
-    """`--local-path P` when an experiment sets datasets.<dataset>.local_path, else nothing."""
-    for e in EXPERIMENTS.values():
-        p = e["datasets"].get(dataset, {}).get("local_path")
-        if p:
-            return "--local-path " + shlex.quote(p)
-    return ""
-
-
 rule fetch:
     output:
         "data/raw/{dataset}/FETCHED.json",

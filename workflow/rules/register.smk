@@ -1,14 +1,4 @@
 # register: every test pair of a fold with a learned model or a classical baseline.
-def register_inputs(w):
-    inputs = {
-        "cases": f"data/prep/{w.experiment}/{w.dataset}/cases.tsv",
-        "pairs": f"data/prep/{w.experiment}/{w.dataset}/pairs.tsv",
-    }
-    if method_cfg(w)["kind"] == "learned":
-        inputs["model"] = f"work/{w.experiment}/models/{w.dataset}/{w.method}/fold{w.fold}/model.pt"
-    return inputs
-
-
 rule register:
     input:
         unpack(register_inputs),

@@ -207,7 +207,8 @@ def _prepare_template(raw_dir: Path, p: dict) -> dict:
     # Synthetic T2-like contrast: piecewise-linear remap through per-tissue mean T1 intensities, applied to
     # the partial-volume-corrected T1 and scaled back by the brain fraction (so background stays 0).
     pure = t1n / np.maximum(brain_frac, 1e-3)
-    means = {name: float(t1n[(seg == lab) & (brain_frac > 0.99)].mean()) for lab, name in ((1, "csf"), (2, "gm"), (3, "wm"))}
+    pure_vox = brain_frac > 0.99
+    means = {name: float(t1n[(seg == lab) & pure_vox].mean()) for lab, name in ((1, "csf"), (2, "gm"), (3, "wm"))}
     if not means["csf"] < means["gm"] < means["wm"]:
         raise DataError(f"{paths['t1']}: tissue mean T1 intensities not ordered CSF < GM < WM: {means}")
     tg = p["t2_targets"]

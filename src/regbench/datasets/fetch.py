@@ -460,7 +460,7 @@ def _extract(
                 for m in tf:
                     if not wanted(m.name):
                         continue
-                    pass
+                    _check_member(archive, m.name)
                     if m.issym() or m.islnk():
                         _check_link(archive, m)
                     elif not (m.isreg() or m.isdir()):
