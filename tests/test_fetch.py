@@ -580,3 +580,19 @@ def test_jsrt_from_the_shared_acrn_archive(tmp_path, registry, pin):
     assert rec["hash_status"] == ("verified-pinned" if pin else "verified-local-hash")
     assert rec["files"][0]["sha256"] == ACRN_DATA_SHA256
     assert json.loads((out / FETCHED_NAME).read_text())["local_path"] == str(ACRN_DATA)
+
+
+def test_url_source_ingests_an_extracted_folder(tmp_path):
+    archive = make_tar(tmp_path / "toy.tar.gz", {"top/data/A/x.txt": b"x"})
+    with tarfile.open(archive) as tf:
+        tf.extractall(tmp_path / "unpacked", filter="data")
+    reg = url_entry(None, layout="*/data/A/*.txt")
+    # pointing at the archive's top folder itself: it is placed as one entry so that the layout matches
+    out = fetch_dataset("toy", reg, tmp_path / "raw", local_path=tmp_path / "unpacked" / "top")
+    assert (out / "top/data/A/x.txt").read_bytes() == b"x"
+    rec = read_fetch_record(out)
+    assert rec["origin"] == "local_folder" and rec["hash_status"] == "unverified"
+    assert rec["files"] == [{"path": "top/data/A/x.txt", "where": "dataset", "size": 1,
+                             "sha256": hashlib.sha256(b"x").hexdigest()}]
+    with pytest.raises(DataError, match="does not match the expected layout"):
+        fetch_dataset("toy", url_entry(None, layout="*/nothing/*"), tmp_path / "raw2", local_path=tmp_path / "unpacked")
