@@ -12,7 +12,9 @@ from regbench.config import load_experiments, validate_experiment
 from regbench.errors import ConfigError, DataError, ShapeMismatchError
 from regbench.io import check_same_grid, load_ddf, load_image, save_ddf, save_image
 
-DEMO = yaml.safe_load(open("config/demo.yaml"))
+from conftest import REPO
+
+DEMO = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
 
 
 def test_nan_image_is_rejected_with_its_path(tmp_path):
@@ -75,7 +77,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 def test_demo_and_full_configs_validate():
     assert list(load_experiments(DEMO)) == ["demo"]
-    exps = load_experiments(yaml.safe_load(open("config/config.yaml")))
+    exps = load_experiments(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), base=REPO)
     assert "demo" in exps and exps["demo"]["datasets"]["demo"]["labels"][2] == "GM"
 
 

@@ -114,3 +114,15 @@ def test_register_stage_writes_fields_and_table(tiny_prepared, tmp_path):
     assert len(pd.read_csv(before, sep="\t")) == 1
     with pytest.raises(DataError, match="no test pairs for fold 3"):
         register_pairs(tiny_prepared, tmp_path / "r3", METHOD, 3, 0, "img", model_path=model)
+
+
+@pytest.mark.parametrize("shape, window", [((1, 2, 14, 15, 16), 9), ((2, 1, 20, 21), 5)])
+def test_separable_box_sum_equals_the_dense_window(shape, window):
+    from regbench.losses import _box_sum
+
+    x = torch.rand(shape, dtype=torch.float64)
+    nd = len(shape) - 2
+    conv = torch.nn.functional.conv3d if nd == 3 else torch.nn.functional.conv2d
+    dense = conv(x.reshape(-1, 1, *shape[2:]), torch.ones((1, 1) + (window,) * nd, dtype=x.dtype),
+                 padding=window // 2).reshape(shape)
+    assert torch.allclose(_box_sum(x, window), dense, atol=1e-10)

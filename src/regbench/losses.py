@@ -11,12 +11,20 @@ import torch.nn.functional as F
 
 
 def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over a ``window``-wide box around each voxel (zero padding), computed separably: one 1D
+    convolution per axis (``nd * window`` taps instead of ``window ** nd``; identical result)."""
     nd = x.dim() - 2
-    kernel = torch.ones((1, 1) + (window,) * nd, dtype=x.dtype, device=x.device)
     conv = {2: F.conv2d, 3: F.conv3d}[nd]
-    # Channels are folded into the batch so each channel is summed separately.
     b, c = x.shape[:2]
-    out = conv(x.reshape(b * c, 1, *x.shape[2:]), kernel, padding=window // 2)
+    # Channels are folded into the batch so each channel is summed separately.
+    out = x.reshape(b * c, 1, *x.shape[2:])
+    for axis in range(nd):
+        shape = [1] * nd
+        shape[axis] = window
+        padding = [0] * nd
+        padding[axis] = window // 2
+        kernel = torch.ones((1, 1, *shape), dtype=x.dtype, device=x.device)
+        out = conv(out, kernel, padding=tuple(padding))
     return out.reshape(b, c, *out.shape[2:])
 
 
