@@ -126,3 +126,16 @@ def test_separable_box_sum_equals_the_dense_window(shape, window):
     dense = conv(x.reshape(-1, 1, *shape[2:]), torch.ones((1, 1) + (window,) * nd, dtype=x.dtype),
                  padding=window // 2).reshape(shape)
     assert torch.allclose(_box_sum(x, window), dense, atol=1e-10)
+
+
+def test_register_images_cli(tiny_prepared, tmp_path):
+    from regbench.cli import main
+    from regbench.io import load_ddf
+
+    f, m = tiny_prepared / "c0_img.nii.gz", tiny_prepared / "c1_img.nii.gz"
+    assert main(["register-images", "--fixed", str(f), "--moving", str(m), "--method", "identity",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert load_ddf(tmp_path / "p_ddf.nii.gz").shape == (2, 32, 32)
+    # a learned method without a model is a clear error (exit 2), not a traceback
+    assert main(["register-images", "--fixed", str(f), "--moving", str(m), "--method", "voxelmorph",
+                 "--out", str(tmp_path / "q")]) == 2

@@ -92,8 +92,9 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 def cmd_register_images(a: argparse.Namespace) -> None:
     import numpy as np
+    import torch
 
-    from . import classical
+    from . import classical, spatial
     from .io import check_same_grid, load_image, save_ddf, save_image
 
     fixed, moving = load_image(a.fixed), load_image(a.moving)
@@ -102,30 +103,22 @@ def cmd_register_images(a: argparse.Namespace) -> None:
         params = json.loads(a.params) if a.params else {}
         ddf, runtime = classical.register(fixed.array, moving.array, fixed.spacing, a.method, params, seed=a.seed)
     else:
-        import torch
-
-        from . import spatial
+        from .register import _timed_forward
         from .train import load_trained
         from .utils import select_device
 
         if not a.model:
-            raise RegbenchError(f"--method {a.method!r} is not classical ({classical.TRANSFORMS}); give --model")
+            raise RegbenchError(f"--method {a.method!r} is not classical {classical.TRANSFORMS}; give --model")
         dev = select_device(a.device)
         model = load_trained(a.model, dev)
-        with torch.no_grad():
-            f = torch.from_numpy(fixed.array)[None, None].to(dev)
-            m = torch.from_numpy(moving.array)[None, None].to(dev)
-            ddf = model(m, f)["ddf"][0].cpu().numpy()
-        runtime = float("nan")
-    import torch
-
-    from . import spatial
-
+        f = torch.from_numpy(fixed.array)[None, None].to(dev)
+        m = torch.from_numpy(moving.array)[None, None].to(dev)
+        ddf_t, runtime = _timed_forward(model, m, f, dev)
+        ddf = ddf_t[0].float().cpu().numpy()
     warped = spatial.warp(torch.from_numpy(moving.array)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
-    out = Path(a.out)
-    save_ddf(f"{out}_ddf.nii.gz", ddf, fixed.affine)
-    save_image(f"{out}_warped.nii.gz", warped.astype(np.float32), fixed.affine)
-    log.info("wrote %s_ddf.nii.gz and %s_warped.nii.gz (%.2f s)", out, out, runtime)
+    save_ddf(f"{a.out}_ddf.nii.gz", ddf, fixed.affine)
+    save_image(f"{a.out}_warped.nii.gz", warped.astype(np.float32), fixed.affine)
+    log.info("wrote %s_ddf.nii.gz (voxels, fixed grid) and %s_warped.nii.gz in %.2f s", a.out, a.out, runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("register-images", help="register your own fixed/moving NIfTI pair")
     s.add_argument("--fixed", required=True)
     s.add_argument("--moving", required=True)
-    s.add_argument("--method", required=True, help=f"classical transform or a learned method with --model")
+    s.add_argument("--method", required=True, help="a classical transform (identity, ants_affine, ants_syn) or any name with --model")
     s.add_argument("--model", default=None)
     s.add_argument("--params", default=None, help="JSON keyword arguments for ants.registration")
     s.add_argument("--device", default="auto")
