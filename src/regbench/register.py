@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import classical, spatial
 from .data import PreparedDataset, subsample_pairs
-from .errors import ConfigError
+from .errors import ConfigError, RegbenchError
 from .io import check_same_grid, save_ddf, save_image
 from .train import load_trained
 from .utils import atomic_path, get_logger, select_device
@@ -95,10 +95,16 @@ def register_pairs(
             ddf_t, runtime = _timed_forward(model, m, f, dev)
             ddf = ddf_t[0].float().cpu().numpy()
         else:
-            ddf, runtime = classical.register(
-                fixed.array, moving.array, fixed.spacing, method["transform"], method.get("params"), seed=seed,
-                deterministic=bool(method.get("deterministic", False)),
-            )
+            try:
+                ddf, runtime = classical.register(
+                    fixed.array, moving.array, fixed.spacing, method["transform"], method.get("params"),
+                    seed=seed, deterministic=bool(method.get("deterministic", False)),
+                )
+            except RuntimeError as exc:  # antsRegistration's own failures (bad level lists, NaN metric, ...)
+                raise RegbenchError(
+                    f"{method.get('name')}: registration of pair {pair['pair_id']} failed ({exc}); "
+                    f"check methods.<id>.params {method.get('params')}"
+                ) from exc
         ddf_t = torch.from_numpy(ddf)[None]
         warped = spatial.warp(torch.from_numpy(moving.array)[None, None], ddf_t)[0, 0].numpy()
         mseg = ds.load(pair["moving"], "seg").array
