@@ -52,7 +52,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     s = _spec(a.spec)
     train(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"], [int(x) for x in s["labels"]],
-          device=s.get("device", "auto"), max_steps=s.get("max_steps"))
+          device=s.get("device", "auto"), max_steps=s.get("max_steps"), seg=s.get("seg", "seg"))
 
 
 def cmd_register(a: argparse.Namespace) -> None:
@@ -60,7 +60,8 @@ def cmd_register(a: argparse.Namespace) -> None:
 
     s = _spec(a.spec)
     register_pairs(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"],
-                   device=s.get("device", "auto"), model_path=a.model, max_pairs=s.get("max_pairs"))
+                   device=s.get("device", "auto"), model_path=a.model, max_pairs=s.get("max_pairs"),
+                   seg=s.get("seg", "seg"))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -69,7 +70,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     labels = {int(k): v for k, v in s["labels"].items()}
     evaluate_method(a.prep, a.reg, a.out, s["dataset"], s["method_id"], s["method_name"], int(a.fold), labels,
-                    s["modality"], unit=s.get("unit", "mm"))
+                    s["modality"], unit=s.get("unit", "mm"), seg=s.get("seg", "seg"))
 
 
 def cmd_report(a: argparse.Namespace) -> None:

@@ -33,6 +33,9 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
     for name, ds in exp["datasets"].items():
         ds["labels"] = {int(k): str(v) for k, v in ds["labels"].items()}
         ds.setdefault("unit", "mm")
+        ds.setdefault("seg", "seg")
+        ds.setdefault("train_modality", ds["modality"])
+        ds.setdefault("train_seg", ds["seg"])
         ds.setdefault("params", {})
     methods = exp["methods"]
     for mid, m in methods.items():

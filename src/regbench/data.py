@@ -31,6 +31,11 @@ def _read_tsv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+def is_label_column(column: str) -> bool:
+    """Label-map columns of ``cases.tsv`` are named ``seg`` or ``seg_<suffix>`` (e.g. ``seg_256``)."""
+    return column == "seg" or column.startswith("seg_")
+
+
 @dataclass
 class PreparedDataset:
     """A prepared dataset folder (see module docstring). Paths in the tables are resolved against ``root``."""
@@ -70,9 +75,9 @@ class PreparedDataset:
         return self.root / value
 
     def load(self, case: str, column: str) -> Image:
-        """Load a case's image (float32) or label map (``column == 'seg'``, integer-valued)."""
+        """Load a case's image (float32) or label map (a column named ``seg*``: rounded to integers)."""
         img = load_image(self.path(case, column))
-        if column == "seg":
+        if is_label_column(column):
             img.array = np.rint(img.array).astype(np.int16)
         return img
 

@@ -35,12 +35,14 @@ def evaluate_method(
     labels: dict[int, str],
     modality: str,
     unit: str = "mm",
+    seg: str = "seg",
 ) -> Path:
     """Compute metrics for every pair in ``reg_dir/pairs.tsv`` and write ``out_tsv`` atomically.
 
     Args:
         labels: foreground label value -> name; DSC/HD95/HD/ASSD are computed per label.
         unit: ``mm`` (use the images' spacing) or ``px`` (spacing 1, for resized images without spacing).
+        seg: ``cases.tsv`` column of the label maps on the registration grid.
 
     Raises:
         DataError: the registration table or a file it names is missing or unreadable.
@@ -59,7 +61,7 @@ def evaluate_method(
     for _, r in tqdm(reg.iterrows(), total=len(reg), desc=f"evaluate {method_name} fold{fold}", unit="pair",
                      mininterval=2.0):
         fixed = ds.load(r["fixed"], modality)
-        fseg = ds.load(r["fixed"], "seg").array
+        fseg = ds.load(r["fixed"], seg).array
         warped = load_image(reg_dir / r["warped"]).array
         wseg = np.rint(load_image(reg_dir / r["warped_seg"]).array).astype(np.int16)
         ddf = load_ddf(reg_dir / r["ddf"])

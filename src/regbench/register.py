@@ -52,6 +52,7 @@ def register_pairs(
     device: str = "auto",
     model_path: str | Path | None = None,
     max_pairs: int | None = None,
+    seg: str = "seg",
 ) -> Path:
     """Register every test pair of ``fold`` (or a seeded subset of ``max_pairs``); return ``pairs.tsv``.
 
@@ -59,6 +60,7 @@ def register_pairs(
         method: the method's config block: ``kind: learned`` (needs ``model_path``) or ``kind: classical``
             with ``transform`` (see :data:`regbench.classical.TRANSFORMS`) and ``params``.
         max_pairs: scale knob; ``None`` registers all test pairs (the protocol).
+        seg: ``cases.tsv`` column of the label maps warped along with the images.
 
     Raises:
         ConfigError: a learned method without ``model_path`` or an unknown kind.
@@ -107,7 +109,7 @@ def register_pairs(
                 ) from exc
         ddf_t = torch.from_numpy(ddf)[None]
         warped = spatial.warp(torch.from_numpy(moving.array)[None, None], ddf_t)[0, 0].numpy()
-        mseg = ds.load(pair["moving"], "seg").array
+        mseg = ds.load(pair["moving"], seg).array
         warped_seg = spatial.warp_labels(torch.from_numpy(mseg.astype(np.int64))[None, None], ddf_t)[0, 0].numpy()
         pid = pair["pair_id"]
         names = {k: f"{pid}_{k}.nii.gz" for k in ("ddf", "warped", "warped_seg")}

@@ -66,8 +66,8 @@ def _build_terms(spec: list[dict[str, Any]]) -> list[tuple[str, float, torch.nn.
 class _CaseCache:
     """Loads each training case once and keeps it as a ``(1, 1, *spatial)`` tensor on the device."""
 
-    def __init__(self, ds: PreparedDataset, modality: str, device: torch.device, with_seg: bool):
-        self.ds, self.modality, self.device, self.with_seg = ds, modality, device, with_seg
+    def __init__(self, ds: PreparedDataset, modality: str, device: torch.device, seg: str):
+        self.ds, self.modality, self.device, self.seg_column = ds, modality, device, seg
         self._img: dict[str, torch.Tensor] = {}
         self._seg: dict[str, torch.Tensor] = {}
 
@@ -79,7 +79,7 @@ class _CaseCache:
 
     def seg(self, case: str) -> torch.Tensor:
         if case not in self._seg:
-            arr = self.ds.load(case, "seg").array.astype(np.int64)
+            arr = self.ds.load(case, self.seg_column).array.astype(np.int64)
             self._seg[case] = torch.from_numpy(arr)[None, None].to(self.device)
         return self._seg[case]
 
@@ -94,6 +94,7 @@ def train(
     labels: list[int],
     device: str = "auto",
     max_steps: int | None = None,
+    seg: str = "seg",
 ) -> Path:
     """Train ``method`` on the train pairs of ``fold``; return the path of ``model.pt``.
 
@@ -107,6 +108,7 @@ def train(
         labels: foreground label values (for a ``dice`` term).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda[:N]``.
         max_steps: a scale knob capping ``train.steps`` (recorded in the info file); ``None`` = paper steps.
+        seg: ``cases.tsv`` column of the training label maps (for a ``dice`` term).
 
     Raises:
         ConfigError: unknown model or loss term.
@@ -137,8 +139,7 @@ def train(
         raise ConfigError(f"method {method.get('name')!r}: cannot build model: {exc}") from exc
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-4)))
     terms = _build_terms(tcfg.get("losses", [{"name": "lncc"}, {"name": "diffusion"}]))
-    needs_seg = any(name == "dice" for name, _, _ in terms)
-    cache = _CaseCache(ds, modality, dev, needs_seg)
+    cache = _CaseCache(ds, modality, dev, seg)
     rng = np.random.default_rng([seed, fold])
 
     ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.tsv"

@@ -11,7 +11,7 @@ rule evaluate:
         spec=lambda w: spec_json({
             "dataset": w.dataset, "method_id": w.method, "method_name": method_cfg(w)["name"],
             "labels": dataset_cfg(w)["labels"], "modality": dataset_cfg(w)["modality"],
-            "unit": dataset_cfg(w)["unit"],
+            "unit": dataset_cfg(w)["unit"], "seg": dataset_cfg(w)["seg"],
         }),
     log:
         "logs/{experiment}/evaluate/{dataset}/{method}/fold{fold}.log",

@@ -6,7 +6,10 @@ rule preprocess:
         cases="data/prep/{experiment}/{dataset}/cases.tsv",
         pairs="data/prep/{experiment}/{dataset}/pairs.tsv",
     params:
-        spec=lambda w: spec_json({**dataset_cfg(w), "seed": exp(w)["seed"]}),
+        spec=lambda w: spec_json({
+            "dataset": w.dataset, "preprocess": dataset_cfg(w)["preprocess"],
+            "params": dataset_cfg(w)["params"], "seed": exp(w)["seed"],
+        }),
         raw=lambda w: f"data/raw/{w.dataset}",
         out=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
     log:

@@ -10,7 +10,7 @@ rule register:
         model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
         spec=lambda w: spec_json({
             "method": method_cfg(w), "seed": exp(w)["seed"] + int(w.fold),
-            "modality": dataset_cfg(w)["modality"], "device": exp(w)["device"],
+            "modality": dataset_cfg(w)["modality"], "seg": dataset_cfg(w)["seg"], "device": exp(w)["device"],
             "max_pairs": exp(w)["scale"].get("max_test_pairs"),
         }),
     resources:

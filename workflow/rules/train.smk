@@ -11,7 +11,8 @@ rule train:
         out=lambda w: f"work/{w.experiment}/models/{w.dataset}/{w.method}/fold{w.fold}",
         spec=lambda w: spec_json({
             "method": method_cfg(w), "seed": exp(w)["seed"] + int(w.fold),
-            "modality": dataset_cfg(w)["modality"], "labels": sorted(dataset_cfg(w)["labels"]),
+            "modality": dataset_cfg(w)["train_modality"], "seg": dataset_cfg(w)["train_seg"],
+            "labels": sorted(dataset_cfg(w)["labels"]),
             "device": exp(w)["device"], "max_steps": exp(w)["scale"].get("max_train_steps"),
         }),
     resources:

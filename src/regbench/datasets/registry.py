@@ -181,7 +181,35 @@ def load_registry(
     validate_config(data, schema_file, str(path))
     # one deepcopy per entry: objects shared through YAML anchors/merge keys become independent copies
     datasets = {name: copy.deepcopy(entry) for name, entry in data["datasets"].items()}
-    for entry in datasets.values():
+    for name, entry in datasets.items():
         entry["labels"] = {int(k): v for k, v in (entry.get("labels") or {}).items()}
         entry.setdefault("local_path", None)
+        mf = entry.get("source", {}).get("manifest_file")
+        if mf:
+            entry["source"]["manifest"] = {
+                **_read_manifest_file(Path(path).parent / mf["path"], mf.get("prefix", ""), mf.get("select", ""),
+                                      f"{path}: datasets.{name}.source.manifest_file"),
+                **(entry["source"].get("manifest") or {}),
+            }
     return datasets
+
+
+def _read_manifest_file(tsv: Path, prefix: str, select: str, where: str) -> dict[str, str]:
+    """Rows of a ``path<TAB>sha256`` TSV whose path starts with ``select``, keyed ``prefix + path``.
+
+    Raises:
+        ConfigError: the file is missing, has no ``path``/``sha256`` header, or selects no row.
+    """
+    if not tsv.is_file():
+        raise ConfigError(f"{where}: manifest file {tsv} not found")
+    lines = tsv.read_text().splitlines()
+    if not lines or lines[0].split("\t")[:2] != ["path", "sha256"]:
+        raise ConfigError(f"{where}: {tsv} must start with the header 'path<TAB>sha256'")
+    out = {}
+    for line in lines[1:]:
+        rel, digest = line.split("\t")[:2]
+        if rel.startswith(select):
+            out[prefix + rel] = digest
+    if not out:
+        raise ConfigError(f"{where}: no row of {tsv} starts with {select!r}")
+    return out

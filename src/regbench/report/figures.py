@@ -445,6 +445,7 @@ def qualitative_from_dirs(
     repo_root: str | Path | None = None,
     title: str | None = None,
     slice_axis: int | None = None,
+    seg: str = "seg",
 ) -> dict[str, Path]:
     """Load one test pair and each method's outputs from pipeline folders, then call :func:`qualitative_panel`.
 
@@ -460,6 +461,7 @@ def qualitative_from_dirs(
         repo_root: base of relative paths in ``pairs.tsv`` (default: current directory, the Snakemake root).
         title: figure title (default ``"<pair_id>: moving <m> -> fixed <f>"``).
         slice_axis: see :func:`qualitative_panel`.
+        seg: ``cases_tsv`` column of the label maps (``seg``, or e.g. ``seg_256``).
 
     ``fixed``/``moving`` in ``pairs.tsv`` are case ids of ``cases_tsv``; a value that is not a case id is
     read as an image path. A method whose ``pairs.tsv`` lacks the pair is skipped with a warning; empty
@@ -517,11 +519,11 @@ def qualitative_from_dirs(
         if path is None:
             return None
         arr = load_image(path).array
-        return np.rint(arr).astype(np.int32) if column == "seg" else arr
+        return np.rint(arr).astype(np.int32) if column == seg else arr
 
     fid, mid = str(ref_row["fixed"]), str(ref_row["moving"])
     fixed, moving = case_image(fid, modality), case_image(mid, modality)
-    fixed_seg, moving_seg = case_image(fid, "seg"), case_image(mid, "seg")
+    fixed_seg, moving_seg = case_image(fid, seg), case_image(mid, seg)
 
     results: dict[str, dict[str, Any]] = {}
     for name, t in tables.items():
