@@ -43,8 +43,12 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
         from .datasets.demo import build_demo
 
         build_demo(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]))
+    elif kind == "chestxray":
+        from .datasets.chestxray import build_chestxray
+
+        build_chestxray(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
     else:  # the schema admits only implemented readers; this guards direct CLI use
-        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo)")
+        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray)")
 
 
 def cmd_train(a: argparse.Namespace) -> None:

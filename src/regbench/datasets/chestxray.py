@@ -40,6 +40,7 @@ from ..errors import ConfigError, DataError
 from ..io import save_image
 from ..utils import atomic_path, atomic_write_text, get_logger, sha256_file
 from .fetch import read_fetch_record
+from .registry import read_manifest_tsv
 
 __all__ = [
     "ACRN_COMMIT",
@@ -192,20 +193,7 @@ def read_manifest(tsv: str | Path = MANIFEST_TSV) -> dict[str, str]:
     Raises:
         DataError: the file is missing or malformed (the message names it and the line).
     """
-    tsv = Path(tsv)
-    try:
-        lines = tsv.read_text().splitlines()
-    except OSError as e:
-        raise DataError(f"{tsv}: cannot read the manifest ({e})") from e
-    if not lines or lines[0].split("\t") != ["path", "sha256"]:
-        raise DataError(f"{tsv}: line 1: expected the header 'path<TAB>sha256'")
-    out: dict[str, str] = {}
-    for i, line in enumerate(lines[1:], start=2):
-        parts = line.split("\t")
-        if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[1]) or not parts[0]:
-            raise DataError(f"{tsv}: line {i}: expected '<path><TAB><64 hex digits>', got {line!r}")
-        out[parts[0]] = parts[1]
-    return out
+    return read_manifest_tsv(tsv)
 
 
 def registry_manifest(dataset: str, tsv: str | Path = MANIFEST_TSV, top: str = ACRN_TOP) -> dict[str, str]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_REGISTRY", "SCHEMA_DIR", "load_registry", "load_yaml", "schema_path", "validate_config"]
 
@@ -194,22 +195,40 @@ def load_registry(
     return datasets
 
 
-def _read_manifest_file(tsv: Path, prefix: str, select: str, where: str) -> dict[str, str]:
-    """Rows of a ``path<TAB>sha256`` TSV whose path starts with ``select``, keyed ``prefix + path``.
+def read_manifest_tsv(tsv: str | os.PathLike) -> dict[str, str]:
+    """Read a per-file manifest: a TSV with the header ``path<TAB>sha256`` and one row per file.
 
     Raises:
-        ConfigError: the file is missing, has no ``path``/``sha256`` header, or selects no row.
+        DataError: the file is missing or malformed (the message names it and the line).
     """
-    if not tsv.is_file():
-        raise ConfigError(f"{where}: manifest file {tsv} not found")
-    lines = tsv.read_text().splitlines()
-    if not lines or lines[0].split("\t")[:2] != ["path", "sha256"]:
-        raise ConfigError(f"{where}: {tsv} must start with the header 'path<TAB>sha256'")
-    out = {}
-    for line in lines[1:]:
-        rel, digest = line.split("\t")[:2]
-        if rel.startswith(select):
-            out[prefix + rel] = digest
+    tsv = Path(tsv)
+    try:
+        lines = tsv.read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"{tsv}: cannot read the manifest ({e})") from e
+    if not lines or lines[0].split("\t") != ["path", "sha256"]:
+        raise DataError(f"{tsv}: line 1: expected the header 'path<TAB>sha256'")
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[1]) or not parts[0]:
+            raise DataError(f"{tsv}: line {i}: expected '<path><TAB><64 hex digits>', got {line!r}")
+        out[parts[0]] = parts[1]
+    return out
+
+
+def _read_manifest_file(tsv: Path, prefix: str, select: str, where: str) -> dict[str, str]:
+    """Rows of a manifest TSV (:func:`read_manifest_tsv`) whose path starts with ``select``, keyed
+    ``prefix + path``.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or selects no row.
+    """
+    try:
+        rows = read_manifest_tsv(tsv)
+    except DataError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    out = {prefix + rel: digest for rel, digest in rows.items() if rel.startswith(select)}
     if not out:
         raise ConfigError(f"{where}: no row of {tsv} starts with {select!r}")
     return out
