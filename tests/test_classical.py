@@ -55,4 +55,4 @@ def test_identity_and_errors():
     with pytest.raises(ShapeMismatchError):
         classical.register(a, np.zeros((8, 9), np.float32), (1, 1), "ants_affine")
     with pytest.raises(ConfigError, match="unknown classical transform"):
-        classical.register(a, a, (1, 1), "elastix")
+        classical.register(a, a, (1, 1), "demons")

@@ -1,4 +1,5 @@
-"""Classical (optimisation-based) baselines: identity ("Before"), ANTs affine and SyN via antspyx.
+"""Classical (optimisation-based) baselines: identity ("Before"), ANTs affine and SyN via antspyx, and
+elastix affine + B-spline via itk-elastix (:mod:`regbench.elastix`).
 
 Every method maps ``(fixed, moving, spacing, params)`` to a DDF ``(ndim, *spatial)`` in voxels of the fixed
 grid (the regbench convention: ``warped(x) = moving(x + u(x))``), so classical and learned methods share
@@ -27,8 +28,8 @@ import numpy as np
 
 from .errors import ConfigError, ShapeMismatchError
 
-#: Transforms a config may name (``methods.<id>.transform``).
-TRANSFORMS = ("identity", "ants_affine", "ants_syn")
+#: Transforms a config may name (``methods.<id>.transform``); ``elastix`` is :mod:`regbench.elastix`.
+TRANSFORMS = ("identity", "ants_affine", "ants_syn", "elastix")
 
 
 def _to_ants(array: np.ndarray, spacing: Sequence[float]):
@@ -90,7 +91,9 @@ def register(
         spacing: voxel size in mm per array axis (1.0 where unknown, e.g. resized X-rays).
         transform: one of :data:`TRANSFORMS`.
         params: keyword arguments for ``ants.registration`` (e.g. ``syn_metric``, ``syn_sampling``,
-            ``reg_iterations``, ``aff_metric``), recorded in the config.
+            ``reg_iterations``, ``aff_metric``), or for ``elastix`` the options of
+            :func:`regbench.elastix.register_elastix` (``preset``, ``stages``, ``parameter_files``, ``overrides``);
+            recorded in the config.
         seed: seed for ANTs' random sampling.
         deterministic: single-threaded bit-reproducible mode (``ants.config.set_ants_deterministic``).
 
@@ -110,6 +113,10 @@ def register(
         return np.zeros((nd, *fixed.shape), dtype=np.float32), 0.0
     if transform not in TRANSFORMS:
         raise ConfigError(f"unknown classical transform {transform!r}; known: {TRANSFORMS}")
+    if transform == "elastix":
+        from .elastix import register_elastix
+
+        return register_elastix(fixed, moving, spacing, params, seed=seed)
     import ants
 
     _seed_ants(seed, deterministic)
