@@ -139,3 +139,203 @@ def make_similarity(name: str, **kwargs) -> nn.Module:
     if name not in SIMILARITY:
         raise KeyError(f"unknown similarity loss {name!r}; known: {sorted(SIMILARITY)}")
     return SIMILARITY[name](**kwargs)
+
+
+# --- He et al. 2022 (Applied Intelligence): contour, SSIM, label cross-entropy and code-distance terms ---
+
+LAPLACIAN_2D = {
+    4: ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0)),
+    8: ((1.0, 1.0, 1.0), (1.0, -8.0, 1.0), (1.0, 1.0, 1.0)),
+}
+
+
+def laplacian(x: torch.Tensor, neighbours: int = 4, padding: str = "replicate") -> torch.Tensor:
+    """Discrete Laplacian of each channel of a 2D map ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+
+    ``neighbours``: 4 (``[[0,1,0],[1,-4,1],[0,1,0]]``) or 8 (``[[1,1,1],[1,-8,1],[1,1,1]]``) stencil.
+    ``padding``: ``F.pad`` mode for the one-pixel border (``"replicate"`` adds no edge at the image border,
+    ``"constant"`` pads with zeros).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"laplacian takes 2D maps (B, C, H, W), got {tuple(x.shape)}")
+    if neighbours not in LAPLACIAN_2D:
+        raise ValueError(f"neighbours must be 4 or 8, got {neighbours}")
+    b, c = x.shape[:2]
+    kernel = torch.tensor(LAPLACIAN_2D[neighbours], dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+    flat = F.pad(x.reshape(b * c, 1, *x.shape[2:]), (1, 1, 1, 1), mode=padding)
+    return F.conv2d(flat, kernel).reshape(b, c, *x.shape[2:])
+
+
+class ContourLoss(nn.Module):
+    """Contour loss of He et al. 2022, Sec. 3.2, Eq. 2: L2 distance between the Laplacian edge maps of two
+    label maps, ``ct(I_1, I_2) = || lap(I_1) - lap(I_2) ||_2``.
+
+    The paper defines it on binary masks; for training the prediction is the soft class probability map
+    (softmax of the logits with ``from_logits=True``) and the target its one-hot map, both
+    ``(B, K, H, W)`` with the same ``K``. The Laplacian is taken per class channel.
+
+    Not fixed by the paper (Laplacian edge operator, ref. [38]), chosen here:
+
+    * ``neighbours``: 4-neighbour stencil (default) or 8-neighbour.
+    * ``reduction``: ``"norm"`` (default, Eq. 2 literally) = Euclidean norm of the difference over all
+      channels and pixels of a sample, averaged over the batch; ``"mse"`` = mean squared difference (scale
+      independent of image size; the norm grows with the contour length).
+    * ``include_background``: keep channel 0 (for two classes it duplicates channel 1 with opposite sign).
+    * ``padding``: border handling of the Laplacian (replicate: no edge at the image border).
+
+    Zero for identical maps, positive otherwise; 2D only.
+    """
+
+    def __init__(self, neighbours: int = 4, reduction: str = "norm", from_logits: bool = False,
+                 include_background: bool = True, padding: str = "replicate"):
+        super().__init__()
+        if reduction not in ("norm", "mse"):
+            raise ValueError(f"reduction must be 'norm' or 'mse', got {reduction!r}")
+        if neighbours not in LAPLACIAN_2D:
+            raise ValueError(f"neighbours must be 4 or 8, got {neighbours}")
+        self.neighbours, self.reduction, self.from_logits = neighbours, reduction, from_logits
+        self.include_background, self.padding = include_background, padding
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must share a shape")
+        if self.from_logits:
+            pred = pred.softmax(dim=1)
+        target = target.to(pred.dtype)
+        if not self.include_background:
+            pred, target = pred[:, 1:], target[:, 1:]
+        diff = laplacian(pred, self.neighbours, self.padding) - laplacian(target, self.neighbours, self.padding)
+        if self.reduction == "mse":
+            return (diff * diff).mean()
+        return torch.linalg.vector_norm(diff.flatten(1), dim=1).mean()
+
+
+class CEContourLoss(nn.Module):
+    """Cross-entropy plus weighted contour loss on logits, He et al. 2022 Eq. 3 (attention segmenter,
+    ``weight = 1.75``) and Eq. 4 (label auto-encoder, ``weight = 2.0``), Sec. 4.2.
+
+    Forward ``logits`` ``(B, K, H, W)`` and ``target`` class indices ``0..K-1`` as ``(B, 1, H, W)`` or
+    ``(B, H, W)`` integers; returns ``CE(logits, target) + weight * ContourLoss(softmax(logits),
+    onehot(target))``. ``contour_kwargs`` go to :class:`ContourLoss`.
+    """
+
+    def __init__(self, weight: float = 1.75, **contour_kwargs):
+        super().__init__()
+        self.weight = float(weight)
+        self.contour = ContourLoss(from_logits=True, **contour_kwargs)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == logits.dim():
+            target = target[:, 0]
+        target = target.long()
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        return F.cross_entropy(logits, target) + self.weight * self.contour(logits, onehot)
+
+
+def _gaussian_filter(x: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
+    """Normalised Gaussian smoothing of each channel (``window`` taps per axis, zero padding, separable)."""
+    nd = x.dim() - 2
+    conv = {2: F.conv2d, 3: F.conv3d}[nd]
+    b, c = x.shape[:2]
+    taps = torch.arange(window, dtype=x.dtype, device=x.device) - (window // 2)
+    g = torch.exp(-(taps * taps) / (2.0 * sigma * sigma))
+    g = g / g.sum()
+    out = x.reshape(b * c, 1, *x.shape[2:])
+    for axis in range(nd):
+        shape = [1] * nd
+        shape[axis] = window
+        padding = [0] * nd
+        padding[axis] = window // 2
+        out = conv(out, g.view(1, 1, *shape), padding=tuple(padding))
+    return out.reshape(b, c, *out.shape[2:])
+
+
+class SSIMLoss(nn.Module):
+    """``1 - SSIM`` (Wang et al. 2004), the structural similarity term of He et al. 2022, Sec. 3.5, Eq. 9-10.
+
+    Local means, variances and covariance are taken in a sliding window centred on every pixel (zero
+    padding at the border); the per-pixel index
+    ``((2 m_a m_b + C1)(2 s_ab + C2)) / ((m_a^2 + m_b^2 + C1)(s_a^2 + s_b^2 + C2))`` is averaged with equal
+    weights over pixels, channels and batch (Eq. 10 with ``W = 1``). Defaults are those of the PyTorch
+    implementation the paper names (aserdega/ssim-pytorch): Gaussian window of 11 taps, sigma 1.5,
+    ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with dynamic range ``L = 1`` (intensities in [0, 1]).
+    In Eq. 14 the term enters as ``-lambda_ssim * SSIM``; ``1 - SSIM`` differs by a constant.
+
+    Args:
+        window: odd window size in pixels (per axis).
+        sigma: Gaussian standard deviation in pixels (ignored for ``kernel="uniform"``).
+        kernel: ``"gaussian"`` (paper's implementation) or ``"uniform"`` (box window).
+        data_range: intensity range ``L``.
+
+    Forward ``fixed``, ``warped``: ``(B, C, *spatial)`` (2D or 3D); returns a scalar in [0, 2], 0 for
+    identical images.
+    """
+
+    def __init__(self, window: int = 11, sigma: float = 1.5, kernel: str = "gaussian", data_range: float = 1.0,
+                 k1: float = 0.01, k2: float = 0.03):
+        super().__init__()
+        if window % 2 != 1 or window < 1:
+            raise ValueError(f"window must be a positive odd integer, got {window}")
+        if kernel not in ("gaussian", "uniform"):
+            raise ValueError(f"kernel must be 'gaussian' or 'uniform', got {kernel!r}")
+        self.window, self.sigma, self.kernel = window, float(sigma), kernel
+        self.c1, self.c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+
+    def _smooth(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "gaussian":
+            return _gaussian_filter(x, self.window, self.sigma)
+        return _box_sum(x, self.window) / float(self.window ** (x.dim() - 2))
+
+    def ssim_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-pixel SSIM index, same shape as the inputs."""
+        if a.shape != b.shape:
+            raise ValueError(f"images {tuple(a.shape)} and {tuple(b.shape)} must share a shape")
+        mu_a, mu_b = self._smooth(a), self._smooth(b)
+        var_a = self._smooth(a * a) - mu_a * mu_a
+        var_b = self._smooth(b * b) - mu_b * mu_b
+        cov = self._smooth(a * b) - mu_a * mu_b
+        num = (2 * mu_a * mu_b + self.c1) * (2 * cov + self.c2)
+        den = (mu_a * mu_a + mu_b * mu_b + self.c1) * (var_a + var_b + self.c2)
+        return num / den
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return 1.0 - self.ssim_map(fixed, warped).mean()
+
+
+class LabelCrossEntropy(nn.Module):
+    """Categorical cross-entropy between fixed and warped moving one-hot label maps, He et al. 2022 Eq. 12
+    (as in AC-RegNet): ``-mean_x sum_k f_k(x) log w_k(x)``.
+
+    ``fixed_onehot``, ``warped_onehot``: ``(B, K, *spatial)``; the warped map comes from linearly warping
+    the moving one-hot labels (values in [0, 1]), so it is read as class probabilities and clamped at
+    ``eps`` before the log. ``as_logits=True`` instead feeds the warped map to a softmax cross-entropy as
+    logits, which is what AC-RegNet's released code does (its loss never reaches zero).
+    """
+
+    def __init__(self, eps: float = 1e-6, as_logits: bool = False):
+        super().__init__()
+        self.eps, self.as_logits = eps, as_logits
+
+    def forward(self, fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor) -> torch.Tensor:
+        if fixed_onehot.shape != warped_onehot.shape:
+            raise ValueError(f"label maps {tuple(fixed_onehot.shape)} and {tuple(warped_onehot.shape)} differ")
+        target = fixed_onehot.to(warped_onehot.dtype)
+        if self.as_logits:
+            return F.cross_entropy(warped_onehot, target)
+        return -(target * warped_onehot.clamp_min(self.eps).log()).sum(dim=1).mean()
+
+
+def anatomical_code_loss(ae: nn.Module, warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance between auto-encoder codes of the warped moving and the fixed label maps,
+    He et al. 2022 Eq. 13 (AC-RegNet's anatomical term), averaged over the batch.
+
+    ``ae``: a pre-trained module with ``encode((B, K, H, W)) -> (B, n_codes)`` (e.g.
+    ``regbench.models.he2022.AnatomicalAutoEncoder``). It should be frozen and in eval mode (BatchNorm
+    running statistics) while the registration network trains; this function changes neither. The fixed
+    code is computed without gradient; the gradient reaches the field through ``warped_onehot``.
+    ``warped_onehot``, ``fixed_onehot``: ``(B, K, H, W)`` one-hot (warped: linearly warped, soft).
+    """
+    with torch.no_grad():
+        code_fixed = ae.encode(fixed_onehot.to(warped_onehot.dtype))
+    code_warped = ae.encode(warped_onehot)
+    return ((code_warped - code_fixed) ** 2).sum(dim=1).mean()

@@ -6,10 +6,15 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .he2022 import He2022RegNet
 from .voxelmorph import VoxelMorph
 
+#: Pairwise registration networks called as ``model(moving, fixed) -> {"ddf", "warped", ...}``. The He et al.
+#: 2022 segmenter and auto-encoder (``he2022.AttentionSegUNet``, ``he2022.AnatomicalAutoEncoder``) are
+#: trained separately and are not registration models.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "voxelmorph": VoxelMorph,
+    "he2022": He2022RegNet,
 }
 
 
