@@ -12,13 +12,12 @@ Entry points:
   ``pairs.tsv`` and ``dataset.json`` (the layout read by :mod:`regbench.data`).
 - :func:`write_manifest` -- regenerate ``config/manifests/acrn_chest_xray.tsv`` (path relative to ``data/``,
   sha256) from an extracted copy of the archive.
-- :func:`registry_manifest` -- the per-dataset ``source.manifest`` mapping of ``config/datasets.yaml``
-  (paths relative to ``<raw_root>/<name>/``) derived from that TSV; :func:`registry_manifest_yaml` renders it.
+- :func:`registry_manifest` -- the per-dataset ``source.manifest`` mapping (paths relative to
+  ``<raw_root>/<name>/``) derived from that TSV: what ``load_registry`` builds from ``manifest_file``.
 
 Command line (regeneration)::
 
     python -m regbench.datasets.chestxray manifest <extracted data/ folder> config/manifests/acrn_chest_xray.tsv
-    python -m regbench.datasets.chestxray registry-manifest jsrt      # YAML block for datasets.yaml
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ __all__ = [
     "locate_data_dir",
     "read_manifest",
     "registry_manifest",
-    "registry_manifest_yaml",
     "write_manifest",
 ]
 
@@ -205,14 +203,6 @@ def registry_manifest(dataset: str, tsv: str | Path = MANIFEST_TSV, top: str = A
     """
     folder = _spec(dataset)["folder"]
     return {f"{top}/data/{rel}": sha for rel, sha in read_manifest(tsv).items() if rel.startswith(f"{folder}/")}
-
-
-def registry_manifest_yaml(dataset: str, indent: int = 6, tsv: str | Path = MANIFEST_TSV) -> str:
-    """Render :func:`registry_manifest` as the ``manifest:`` block of ``config/datasets.yaml``."""
-    pad = " " * indent
-    lines = [f"{pad}manifest:"]
-    lines += [f'{pad}  {k}: "{v}"' for k, v in registry_manifest(dataset, tsv).items()]
-    return "\n".join(lines) + "\n"
 
 
 # -------------------------------------------------------------------------------------------- split lists
@@ -558,20 +548,14 @@ def build_chestxray(raw_dir: Path, out_dir: Path, params: dict, seed: int, datas
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``manifest SRC OUT_TSV`` or ``registry-manifest DATASET [--tsv PATH]`` (prints the YAML block)."""
+    """``manifest SRC OUT_TSV``: write the manifest TSV of an extracted archive's ``data/`` folder."""
     ap = argparse.ArgumentParser(prog="python -m regbench.datasets.chestxray", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("manifest", help="write the manifest TSV of an extracted archive's data/ folder")
     m.add_argument("src")
     m.add_argument("out_tsv")
-    r = sub.add_parser("registry-manifest", help="print the datasets.yaml manifest block of one dataset")
-    r.add_argument("dataset", choices=sorted(DATASETS))
-    r.add_argument("--tsv", default=str(MANIFEST_TSV))
     a = ap.parse_args(argv)
-    if a.cmd == "manifest":
-        print(write_manifest(a.src, a.out_tsv))
-    else:
-        sys.stdout.write(registry_manifest_yaml(a.dataset, tsv=a.tsv))
+    print(write_manifest(a.src, a.out_tsv))
     return 0
 
 
