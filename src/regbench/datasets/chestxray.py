@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
