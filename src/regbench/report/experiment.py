@@ -33,11 +33,8 @@ def _notes(exp: dict[str, Any]) -> list[str]:
     notes = [f"Protocol: {' '.join(str(exp.get('protocol', '')).split())}"]
     knobs = {k: v for k, v in (exp.get("scale") or {}).items() if k != "note" and v is not None}
     if knobs or (exp.get("scale") or {}).get("note"):
-        notes.append(
-            "SCALED-DOWN RUN (not the paper protocol): "
-            + ", ".join(f"{k}={v}" for k, v in knobs.items())
-            + (f". {exp['scale']['note']}" if exp["scale"].get("note") else "")
-        )
+        parts = [", ".join(f"{k}={v}" for k, v in knobs.items()), (exp.get("scale") or {}).get("note") or ""]
+        notes.append("SCALED-DOWN RUN (not the paper protocol): " + ". ".join(p for p in parts if p))
     notes.append("Values are mean ± std (sample std, ddof=1) over test pairs; label-wise metrics are first "
                  "averaged over the foreground labels of each pair. Runtime is per pair (registration only).")
     return notes
