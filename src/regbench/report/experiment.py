@@ -93,7 +93,12 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     written += tables.write_table(combine(summaries), out_dir / "table", title, prov, notes).values()
     written += tables.write_table(combine(per_label), out_dir / "table_dsc_per_label",
                                   f"{title}: DSC per label", prov, notes).values()
-    written += figures.boxplots(pairs, rep["metrics"], out_dir / "fig_boxplots", method_order=order,
+    box, box_order = pairs, order
+    if pairs["dataset"].nunique() > 1:  # one box per (dataset, method): never pool datasets in a figure
+        box = pairs.assign(method=pairs["dataset"] + ":" + pairs["method"],
+                           method_name=pairs["method_name"] + " (" + pairs["dataset"] + ")")
+        box_order = [f"{d}:{m}" for d in exp["datasets"] for m in (order or list(exp["methods"]))]
+    written += figures.boxplots(box, rep["metrics"], out_dir / "fig_boxplots", method_order=box_order,
                                 title=title).values()
 
     dataset = next(iter(exp["datasets"]))
