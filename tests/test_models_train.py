@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
@@ -138,3 +140,28 @@ def test_register_images_cli(tiny_prepared, tmp_path):
     # a learned method without a model is a clear error (exit 2), not a traceback
     assert main(["register-images", "--fixed", str(f), "--moving", str(m), "--method", "voxelmorph",
                  "--out", str(tmp_path / "q")]) == 2
+
+
+def test_inference_size_upsamples_the_field(tiny_prepared, tmp_path):
+    """A model applied on a 16x16 grid gives a 32x32 field whose displacements are twice the small ones."""
+    model_path = train(tiny_prepared, tmp_path / "m", METHOD, 0, 0, "img", [1, 2], device="cpu")
+    method = {**METHOD, "inference_size": [16, 16]}
+    table = register_pairs(tiny_prepared, tmp_path / "reg", method, 0, 0, "img", device="cpu",
+                           model_path=model_path)
+    from regbench import spatial
+    from regbench.io import load_ddf
+
+    row = pd.read_csv(table, sep="\t").iloc[0]
+    ddf = load_ddf(tmp_path / "reg" / row["ddf"])
+    assert ddf.shape == (2, 32, 32)
+    model = load_trained(model_path, torch.device("cpu"))
+    from regbench.io import load_image
+
+    ds_f = torch.from_numpy(load_image(tiny_prepared / f"{row['fixed']}_img.nii.gz").array)[None, None]
+    ds_m = torch.from_numpy(load_image(tiny_prepared / f"{row['moving']}_img.nii.gz").array)[None, None]
+    with torch.no_grad():
+        small = model(spatial.resize_image(ds_m, (16, 16)), spatial.resize_image(ds_f, (16, 16)))["ddf"]
+    expected = spatial.resize_field(small, (32, 32))[0].numpy()
+    assert np.allclose(ddf, expected, atol=1e-5)
+    assert np.allclose(expected.mean(axis=(1, 2)), 2 * small[0].numpy().mean(axis=(1, 2)), atol=1e-4)
+    assert np.abs(expected).max() > 0  # a real field, not the trivial zero one

@@ -31,15 +31,26 @@ from .utils import atomic_path, get_logger, select_device
 log = get_logger(__name__)
 
 
-def _timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device):
+def _timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
+                   inference_size=None):
+    """One timed forward pass; returns ``(ddf on the input grid, seconds)``.
+
+    With ``inference_size`` the images are resized to that grid, the model predicts there, and the field is
+    resized back with its displacements rescaled (:func:`regbench.spatial.resize_field`); the resizing is
+    part of the timed registration. Without it the (fully convolutional) model runs at the input size.
+    """
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model(moving, fixed)
+        if inference_size is not None and tuple(inference_size) != tuple(fixed.shape[2:]):
+            small = [spatial.resize_image(x, inference_size) for x in (moving, fixed)]
+            ddf = spatial.resize_field(model(*small)["ddf"], fixed.shape[2:])
+        else:
+            ddf = model(moving, fixed)["ddf"]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return out["ddf"], time.perf_counter() - t0
+    return ddf, time.perf_counter() - t0
 
 
 def register_pairs(
@@ -57,8 +68,10 @@ def register_pairs(
     """Register every test pair of ``fold`` (or a seeded subset of ``max_pairs``); return ``pairs.tsv``.
 
     Args:
-        method: the method's config block: ``kind: learned`` (needs ``model_path``) or ``kind: classical``
-            with ``transform`` (see :data:`regbench.classical.TRANSFORMS`) and ``params``.
+        method: the method's config block: ``kind: learned`` (needs ``model_path``; optional
+            ``inference_size``: predict on that grid and upsample the field, e.g. ``[64, 64]`` for a network
+            trained at 64 px and tested at 256 px; absent: run the network at the test size) or
+            ``kind: classical`` with ``transform`` (see :data:`regbench.classical.TRANSFORMS`) and ``params``.
         max_pairs: scale knob; ``None`` registers all test pairs (the protocol).
         seg: ``cases.tsv`` column of the label maps warped along with the images.
 
@@ -76,6 +89,7 @@ def register_pairs(
             raise ConfigError(f"method {method.get('name')!r} is learned but no trained model was given")
         dev = select_device(device)
         model = load_trained(model_path, dev)
+        inference_size = method.get("inference_size")
     elif kind == "classical":
         dev = torch.device("cpu")
         model = None
@@ -92,9 +106,9 @@ def register_pairs(
             f = torch.from_numpy(fixed.array)[None, None].to(dev)
             m = torch.from_numpy(moving.array)[None, None].to(dev)
             if not warmed:  # first call pays for kernel selection / allocation; not a per-pair cost
-                _timed_forward(model, m, f, dev)
+                _timed_forward(model, m, f, dev, inference_size)
                 warmed = True
-            ddf_t, runtime = _timed_forward(model, m, f, dev)
+            ddf_t, runtime = _timed_forward(model, m, f, dev, inference_size)
             ddf = ddf_t[0].float().cpu().numpy()
         else:
             try:
