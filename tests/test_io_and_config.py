@@ -88,7 +88,7 @@ def test_demo_and_full_configs_validate():
         (lambda c: c["methods"]["syn_cc"].update(transform="ants_synn"), "methods.syn_cc.transform"),
         (lambda c: c["datasets"]["demo"].update(folds="0"), "datasets.demo.folds"),
         (lambda c: c.update(seed=-1), "seed"),
-        (lambda c: c["methods"]["voxelmorph"]["train"]["losses"].append({"name": "ssim"}),
+        (lambda c: c["methods"]["voxelmorph"]["train"]["losses"].append({"name": "nmi"}),
          "methods.voxelmorph.train.losses[2].name"),
     ],
 )

@@ -131,7 +131,7 @@ SIMILARITY = {"lncc": LocalNCC, "ncc": GlobalNCC, "mse": MSE}
 
 
 def make_similarity(name: str, **kwargs) -> nn.Module:
-    """Build a similarity loss by config name (``lncc``, ``ncc``, ``mse``).
+    """Build a similarity loss by config name (``lncc``, ``ncc``, ``mse``, ``ssim``).
 
     Raises:
         KeyError: unknown name (message lists the known ones).
@@ -339,3 +339,7 @@ def anatomical_code_loss(ae: nn.Module, warped_onehot: torch.Tensor, fixed_oneho
         code_fixed = ae.encode(fixed_onehot.to(warped_onehot.dtype))
     code_warped = ae.encode(warped_onehot)
     return ((code_warped - code_fixed) ** 2).sum(dim=1).mean()
+
+
+# SSIM compares fixed and warped images like the other similarity terms (He et al. 2022, Eq. 14).
+SIMILARITY["ssim"] = SSIMLoss

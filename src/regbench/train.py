@@ -12,10 +12,12 @@ terms and weights), the model spec, the dataset's prepared split and one seed pe
 
 Loss terms (``train.losses``, a list of ``{name, weight, ...}``):
 
-* ``lncc`` (window), ``ncc``, ``mse``: similarity between fixed and warped moving image;
+* ``lncc`` (window), ``ncc``, ``mse``, ``ssim``: similarity between fixed and warped moving image
+  (``ssim``: 1 - SSIM, He et al. 2022, Eq. 14);
 * ``diffusion`` (``penalty`` l2) / ``tv`` (l1): smoothness of the DDF;
 * ``dice``: soft Dice between fixed one-hot labels and linearly warped moving one-hot labels
-  (VoxelMorph with auxiliary segmentations, TMI 2019, Sec. III-D).
+  (VoxelMorph with auxiliary segmentations, TMI 2019, Sec. III-D);
+* ``ce``: cross-entropy between the same one-hot maps, background included (He et al. 2022, Eq. 12).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def _build_terms(spec: list[dict[str, Any]]) -> list[tuple[str, float, torch.nn.
             module = L.Diffusion(penalty="l1")
         elif name == "dice":
             module = L.SoftDice()
+        elif name == "ce":
+            module = L.LabelCrossEntropy(**item)
         else:
             raise ConfigError(f"train.losses[{i}].name: unknown loss term {name!r}")
         terms.append((name, weight, module))
@@ -186,10 +190,11 @@ def train(
                 value = module(fixed, out["warped"])
             elif name in ("diffusion", "tv"):
                 value = module(out["ddf"])
-            else:  # dice
+            else:  # label terms: dice over the foreground labels, ce over background + labels
+                values = list(labels) if name == "dice" else [0, *labels]
                 fseg = torch.cat([cache.seg(pairs.at[i, "fixed"]) for i in idx])
                 mseg = torch.cat([cache.seg(pairs.at[i, "moving"]) for i in idx])
-                value = module(L.one_hot(fseg, labels), spatial.warp(L.one_hot(mseg, labels), out["ddf"]))
+                value = module(L.one_hot(fseg, values), spatial.warp(L.one_hot(mseg, values), out["ddf"]))
             row[name] = float(value.detach())
             total = total + weight * value
         opt.zero_grad(set_to_none=True)
