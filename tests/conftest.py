@@ -12,6 +12,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def blob_image(shape, seed=0):
+    """A smooth random image in [0, 1] that fades to zero at the borders, so shifts do not wrap content in."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    a = gaussian_filter(rng.random(shape), 2.5)
+    a = (a - a.min()) / (a.max() - a.min())
+    taper = np.ones(shape)
+    for ax, s in enumerate(shape):
+        w = np.minimum(np.arange(s), np.arange(s)[::-1]).astype(float)
+        taper = taper * np.clip(w / 6.0, 0, 1).reshape([-1 if i == ax else 1 for i in range(len(shape))])
+    return (a * taper).astype(np.float32)
+
+
 def _blob(shape, centre, radius):
     g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
     d = np.sqrt(sum((g[i] - centre[i]) ** 2 for i in range(len(shape))))

@@ -3,23 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+from conftest import blob_image
 
 from regbench import classical, spatial
 from regbench.errors import ConfigError, ShapeMismatchError
 
 pytestmark = pytest.mark.ants
-
-
-def blob_image(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    a = gaussian_filter(rng.random(shape), 2.5)
-    a = (a - a.min()) / (a.max() - a.min())
-    taper = np.ones(shape)
-    for ax, s in enumerate(shape):  # fade to zero at the borders so shifts do not wrap content in
-        w = np.minimum(np.arange(s), np.arange(s)[::-1]).astype(float)
-        taper = taper * np.clip(w / 6.0, 0, 1).reshape([-1 if i == ax else 1 for i in range(len(shape))])
-    return (a * taper).astype(np.float32)
 
 
 @pytest.mark.parametrize("shape, shift, spacing", [((40, 48), (3, -2), (1.0, 1.0)),

@@ -10,22 +10,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum over a ``window``-wide box around each voxel (zero padding), computed separably: one 1D
-    convolution per axis (``nd * window`` taps instead of ``window ** nd``; identical result)."""
+def _separable_conv(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Convolve each channel of ``x`` ``(B, C, *spatial)`` with the 1D kernel ``taps`` along every spatial
+    axis in turn (zero padding, odd kernel length, same output size)."""
     nd = x.dim() - 2
     conv = {2: F.conv2d, 3: F.conv3d}[nd]
     b, c = x.shape[:2]
-    # Channels are folded into the batch so each channel is summed separately.
+    # Channels are folded into the batch so each channel is filtered separately.
     out = x.reshape(b * c, 1, *x.shape[2:])
+    n = taps.numel()
     for axis in range(nd):
         shape = [1] * nd
-        shape[axis] = window
+        shape[axis] = n
         padding = [0] * nd
-        padding[axis] = window // 2
-        kernel = torch.ones((1, 1, *shape), dtype=x.dtype, device=x.device)
-        out = conv(out, kernel, padding=tuple(padding))
+        padding[axis] = n // 2
+        out = conv(out, taps.to(x.dtype).view(1, 1, *shape), padding=tuple(padding))
     return out.reshape(b, c, *out.shape[2:])
+
+
+def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over a ``window``-wide box around each voxel (zero padding), computed separably: one 1D
+    convolution per axis (``nd * window`` taps instead of ``window ** nd``; identical result)."""
+    return _separable_conv(x, torch.ones(window, dtype=x.dtype, device=x.device))
 
 
 class LocalNCC(nn.Module):
@@ -234,20 +240,9 @@ class CEContourLoss(nn.Module):
 
 def _gaussian_filter(x: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
     """Normalised Gaussian smoothing of each channel (``window`` taps per axis, zero padding, separable)."""
-    nd = x.dim() - 2
-    conv = {2: F.conv2d, 3: F.conv3d}[nd]
-    b, c = x.shape[:2]
     taps = torch.arange(window, dtype=x.dtype, device=x.device) - (window // 2)
     g = torch.exp(-(taps * taps) / (2.0 * sigma * sigma))
-    g = g / g.sum()
-    out = x.reshape(b * c, 1, *x.shape[2:])
-    for axis in range(nd):
-        shape = [1] * nd
-        shape[axis] = window
-        padding = [0] * nd
-        padding[axis] = window // 2
-        out = conv(out, g.view(1, 1, *shape), padding=tuple(padding))
-    return out.reshape(b, c, *out.shape[2:])
+    return _separable_conv(x, g / g.sum())
 
 
 class SSIMLoss(nn.Module):
