@@ -36,6 +36,7 @@ from . import losses as L
 from . import spatial
 from .data import PreparedDataset
 from .errors import ConfigError
+from .metrics import count_parameters
 from .models import build_model
 from .provenance import config_hash
 from .utils import atomic_path, atomic_write_text, get_logger, seed_everything, select_device
@@ -210,7 +211,7 @@ def train(
             save_checkpoint(row["elapsed_s"])
     bar.close()
 
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = count_parameters(model)
     model_path = out_dir / "model.pt"
     with atomic_path(model_path) as tmp:
         torch.save({"model": model.state_dict(), "name": method["model"], "ndim": ndim,
