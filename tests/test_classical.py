@@ -17,7 +17,9 @@ def test_affine_recovers_a_known_shift_in_voxels(shape, shift, spacing):
     fixed = blob_image(shape)
     # moving(y) = fixed(y - s)  =>  warped(x) = moving(x + u) = fixed(x) for u = +s (in voxels)
     moving = np.roll(fixed, shift, axis=tuple(range(len(shape))))
-    ddf, runtime = classical.register(fixed, moving, spacing, "ants_affine", {})
+    # Dense metric sampling: ANTs' default random 20 % sampling of MI occasionally misses a shift on images
+    # this small (seen once in 8 seeds); this test is about the field convention, not MI's robustness.
+    ddf, runtime = classical.register(fixed, moving, spacing, "ants_affine", {"aff_random_sampling_rate": 1.0})
     assert ddf.shape == (len(shape), *shape) and runtime > 0
     inner = tuple(slice(s // 4, -s // 4) for s in shape)
     for i, s in enumerate(shift):
