@@ -32,13 +32,11 @@ def _blob(shape, centre, radius):
     return d
 
 
-@pytest.fixture
-def tiny_prepared(tmp_path) -> Path:
+def make_tiny_prepared(root: Path) -> Path:
     """Six 32x32 cases: a bright disc (label 1) inside a grey ring (label 2), shifted per case.
 
     Train cases 0-3, test cases 4-5; all ordered pairs within each split; fold 0.
     """
-    root = tmp_path / "prep"
     rows = []
     rng = np.random.default_rng(0)
     for i in range(6):
@@ -62,3 +60,9 @@ def tiny_prepared(tmp_path) -> Path:
                     pairs.append({"pair_id": f"{f}__{m}", "fold": 0, "split": split, "fixed": f, "moving": m})
     pd.DataFrame(pairs).to_csv(root / "pairs.tsv", sep="\t", index=False)
     return root
+
+
+@pytest.fixture
+def tiny_prepared(tmp_path) -> Path:
+    """The tiny prepared dataset of :func:`make_tiny_prepared` in ``tmp_path/prep``."""
+    return make_tiny_prepared(tmp_path / "prep")

@@ -19,14 +19,14 @@ def run(args, cwd=REPO, timeout=600):
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/demo.yaml"])
 def test_dry_run_builds_the_dag(configfile):
-    r = run(["-n", "--forceall", "--configfile", configfile, "--quiet", "rules"])
+    r = run(["-n", "--nolock", "--forceall", "--configfile", configfile, "--quiet", "rules"])
     assert r.returncode == 0, r.stderr[-3000:]
     for rule in ("fetch", "preprocess", "train", "register", "evaluate", "report"):
         assert rule in r.stdout + r.stderr
 
 
 def test_lint_is_clean():
-    r = run(["--lint", "--configfile", "config/config.yaml"])
+    r = run(["--lint", "--nolock", "--configfile", "config/config.yaml"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Congratulations" in r.stdout + r.stderr
 
@@ -35,7 +35,7 @@ def test_invalid_config_names_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     text = (REPO / "config" / "demo.yaml").read_text().replace("seed: 0", "seed: -3")
     bad.write_text(text)
-    r = run(["-n", "--configfile", str(bad)])
+    r = run(["-n", "--nolock", "--configfile", str(bad)])
     assert r.returncode != 0
     assert "seed: -3 is less than the minimum of 0" in r.stdout + r.stderr
 

@@ -56,7 +56,24 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     s = _spec(a.spec)
     train(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"], [int(x) for x in s["labels"]],
-          device=s.get("device", "auto"), max_steps=s.get("max_steps"), seg=s.get("seg", "seg"))
+          device=s.get("device", "auto"), max_steps=s.get("max_steps"), seg=s.get("seg", "seg"),
+          attention_path=a.attention, autoencoder_path=a.autoencoder)
+
+
+def cmd_train_aux(a: argparse.Namespace) -> None:
+    from .auxiliary import train_auxiliary
+
+    s = _spec(a.spec)
+    train_auxiliary(a.prep, a.out, s["aux"], int(a.fold), int(s["seed"]), s["modality"], s["seg"],
+                    [int(x) for x in s["labels"]], device=s.get("device", "auto"), max_steps=s.get("max_steps"))
+
+
+def cmd_evaluate_aux(a: argparse.Namespace) -> None:
+    from .auxiliary import evaluate_auxiliary
+
+    s = _spec(a.spec)
+    evaluate_auxiliary(a.prep, a.model, a.out, s["dataset"], s["aux_id"], s["aux_name"], int(a.fold),
+                       s["modality"], s["seg"], s["train_seg"], device=s.get("device", "auto"))
 
 
 def cmd_register(a: argparse.Namespace) -> None:
@@ -65,7 +82,7 @@ def cmd_register(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     register_pairs(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"],
                    device=s.get("device", "auto"), model_path=a.model, max_pairs=s.get("max_pairs"),
-                   seg=s.get("seg", "seg"))
+                   seg=s.get("seg", "seg"), attention_path=a.attention)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -92,7 +109,8 @@ def cmd_report(a: argparse.Namespace) -> None:
     else:
         raise RegbenchError("report needs --spec JSON or --config experiment.yaml")
     metrics = [Path(p) for p in a.metrics] or sorted(Path(a.out_dir).glob("metrics/*/*/fold*.tsv"))
-    render_experiment(exp, metrics, Path(a.out_dir))
+    aux = [Path(p) for p in a.aux_metrics or []]
+    render_experiment(exp, metrics, Path(a.out_dir), aux_metrics_paths=aux)
 
 
 def cmd_register_images(a: argparse.Namespace) -> None:
@@ -153,7 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--spec", required=True)
         if name == "register":
             s.add_argument("--model", default=None, help="model.pt of a learned method")
+        else:
+            s.add_argument("--autoencoder", default=None, help="model.pt of the label auto-encoder (ae term)")
+        s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("train-aux", help="train an auxiliary network (segmenter, auto-encoder) on one fold")
+    s.add_argument("--prep", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--fold", required=True, type=int)
+    s.add_argument("--spec", required=True)
+    s.set_defaults(func=cmd_train_aux)
+
+    s = sub.add_parser("evaluate-aux", help="score an auxiliary network on the test cases of one fold")
+    s.add_argument("--prep", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--fold", required=True, type=int)
+    s.add_argument("--spec", required=True)
+    s.set_defaults(func=cmd_evaluate_aux)
 
     s = sub.add_parser("evaluate", help="metrics of one (dataset, method, fold)")
     s.add_argument("--prep", required=True)
@@ -168,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="experiment YAML (e.g. config/demo.yaml), instead of --spec")
     s.add_argument("--out-dir", required=True)
     s.add_argument("metrics", nargs="*", help="metrics TSVs (default: <out-dir>/metrics/*/*/fold*.tsv)")
+    s.add_argument("--aux-metrics", nargs="+", action="extend", default=None, metavar="P",
+                   help="aux metrics TSVs of the auxiliary networks, for report.tables items with `auxiliary` "
+                        "(default: none); end the list with `--` or put it after the metrics TSVs")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("register-images", help="register your own fixed/moving NIfTI pair")

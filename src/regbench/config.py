@@ -38,10 +38,19 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
         ds.setdefault("train_seg", ds["seg"])
         ds.setdefault("params", {})
     methods = exp["methods"]
+    aux = exp.setdefault("auxiliary", {})
     for mid, m in methods.items():
         for d in m.get("datasets", []):
             if d not in exp["datasets"]:
                 raise ConfigError(f"{source}: methods.{mid}.datasets: unknown dataset {d!r}")
+        for key, kind in (("attention", "segmenter"), ("autoencoder", "autoencoder")):
+            ref = m.get(key)
+            if ref is not None and (ref not in aux or aux[ref]["kind"] != kind):
+                known = sorted(a for a, v in aux.items() if v["kind"] == kind)
+                raise ConfigError(f"{source}: methods.{mid}.{key}: {ref!r} is not an auxiliary {kind}; known: {known}")
+        names = [t.get("name") for t in m.get("train", {}).get("losses", [])]
+        if "ae" in names and not m.get("autoencoder"):
+            raise ConfigError(f"{source}: methods.{mid}: loss term 'ae' needs `autoencoder: <auxiliary id>`")
     rep = exp["report"]
     for mid in rep.get("method_order", []) or []:
         if mid not in methods:

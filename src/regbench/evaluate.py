@@ -4,7 +4,8 @@ Reads the prepared dataset and the folder written by :mod:`regbench.register`; w
 columns documented in :mod:`regbench.metrics` and ``docs/metrics.md``. Where the dataset carries a
 ground-truth template-to-case field per case (column ``ddf`` in ``cases.tsv``, the synthetic demo), the pair's
 true DDF is derived with :func:`regbench.datasets.demo.true_pair_ddf` and TRE is measured over the fixed
-image's foreground (label > 0) voxels.
+image's foreground (label > 0) voxels. A ``ssim_clean`` column of the registration table (methods with
+attention, He et al. 2022 Fig. 8) is carried over per pair.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def evaluate_method(
                 "pair_id": r["pair_id"], "fixed": r["fixed"], "moving": r["moving"],
                 "label_name": labels.get(int(row["label"]), labels.get(str(int(row["label"])), "")),
                 **row, "runtime_s": float(r["runtime_s"]), "device": r["device"],
+                **({"ssim_clean": float(r["ssim_clean"])} if "ssim_clean" in reg.columns else {}),
             })
     df = pd.DataFrame(rows)
     first = ["dataset", "method", "method_name", "fold", "pair_id", "fixed", "moving", "label", "label_name"]

@@ -6,8 +6,15 @@ Output folder layout (read by :mod:`regbench.evaluate` and the report):
 * ``<pair_id>_warped.nii.gz``: moving image warped linearly,
 * ``<pair_id>_warped_seg.nii.gz``: moving labels warped with nearest neighbour,
 * ``pairs.tsv``: ``pair_id, fixed, moving, ddf, warped, warped_seg, runtime_s, device`` (paths relative to
-  the folder). ``runtime_s`` is the wall time of the registration itself per pair: one forward pass for a
-  learned model (after a warm-up pass, CUDA synchronised), the ``ants.registration`` call for ANTs.
+  the folder), plus ``ssim_clean`` for a method with ``attention``. ``runtime_s`` is the wall time of the
+  registration itself per pair: one forward pass for a learned model (after a warm-up pass, CUDA
+  synchronised; with ``attention`` the two segmenter passes are included), the ``ants.registration`` call
+  for ANTs.
+
+A learned method with ``attention`` (He et al. 2022, Sec. 3.1) registers the attention-cleaned images
+``I * W^a`` (:func:`regbench.auxiliary.attention_mask`); the field is then applied to the original moving
+image and labels. ``ssim_clean`` is the SSIM between the cleaned fixed image and the cleaned moving image
+warped by the field (He et al. 2022, Fig. 8: "calculated over the cleaned input images").
 """
 
 from __future__ import annotations
@@ -22,18 +29,24 @@ import torch
 from tqdm.auto import tqdm
 
 from . import classical, spatial
+from .auxiliary import attention_mask, load_auxiliary
 from .data import PreparedDataset, subsample_pairs
 from .errors import ConfigError, RegbenchError
 from .io import check_same_grid, save_ddf, save_image
+from .losses import SSIMLoss
 from .train import load_trained
 from .utils import atomic_path, get_logger, select_device
 
 log = get_logger(__name__)
 
+_SSIM = SSIMLoss()  # He et al. 2022 Eq. 9-10 (Gaussian 11-tap window), used for the ssim_clean column
+
 
 def _timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
-                   inference_size=None):
+                   inference_size=None, attention: torch.nn.Module | None = None):
     """One timed forward pass; returns ``(ddf on the input grid, seconds)``.
+
+    With an ``attention`` segmenter both images are first multiplied by their attention masks (timed too).
 
     With ``inference_size`` the images are resized to that grid, the model predicts there, and the field is
     resized back with its displacements rescaled (:func:`regbench.spatial.resize_field`); the resizing is
@@ -43,6 +56,9 @@ def _timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Te
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     with torch.no_grad():
+        if attention is not None:
+            moving = moving * attention_mask(attention, moving)
+            fixed = fixed * attention_mask(attention, fixed)
         if inference_size is not None and tuple(inference_size) != tuple(fixed.shape[2:]):
             small = [spatial.resize_image(x, inference_size) for x in (moving, fixed)]
             ddf = spatial.resize_field(model(*small)["ddf"], fixed.shape[2:])
@@ -64,6 +80,7 @@ def register_pairs(
     model_path: str | Path | None = None,
     max_pairs: int | None = None,
     seg: str = "seg",
+    attention_path: str | Path | None = None,
 ) -> Path:
     """Register every test pair of ``fold`` (or a seeded subset of ``max_pairs``); return ``pairs.tsv``.
 
@@ -74,9 +91,11 @@ def register_pairs(
             ``kind: classical`` with ``transform`` (see :data:`regbench.classical.TRANSFORMS`) and ``params``.
         max_pairs: scale knob; ``None`` registers all test pairs (the protocol).
         seg: ``cases.tsv`` column of the label maps warped along with the images.
+        attention_path: the attention segmenter's ``model.pt`` for a method with ``attention``.
 
     Raises:
-        ConfigError: a learned method without ``model_path`` or an unknown kind.
+        ConfigError: a learned method without ``model_path`` (or with ``attention`` but no
+            ``attention_path``) or an unknown kind.
         ShapeMismatchError: a pair's images are on different grids.
     """
     out_dir = Path(out_dir)
@@ -90,6 +109,12 @@ def register_pairs(
         dev = select_device(device)
         model = load_trained(model_path, dev)
         inference_size = method.get("inference_size")
+        attention = None
+        if method.get("attention"):
+            if attention_path is None:
+                raise ConfigError(f"method {method.get('name')!r} uses attention {method['attention']!r} but no "
+                                  "trained segmenter was given")
+            attention = load_auxiliary(attention_path, dev)
     elif kind == "classical":
         dev = torch.device("cpu")
         model = None
@@ -102,14 +127,19 @@ def register_pairs(
                         unit="pair", mininterval=2.0):
         fixed, moving = ds.load(pair["fixed"], modality), ds.load(pair["moving"], modality)
         check_same_grid(fixed, moving)
+        extra: dict[str, float] = {}
         if model is not None:
             f = torch.from_numpy(fixed.array)[None, None].to(dev)
             m = torch.from_numpy(moving.array)[None, None].to(dev)
             if not warmed:  # first call pays for kernel selection / allocation; not a per-pair cost
-                _timed_forward(model, m, f, dev, inference_size)
+                _timed_forward(model, m, f, dev, inference_size, attention)
                 warmed = True
-            ddf_t, runtime = _timed_forward(model, m, f, dev, inference_size)
+            ddf_t, runtime = _timed_forward(model, m, f, dev, inference_size, attention)
             ddf = ddf_t[0].float().cpu().numpy()
+            if attention is not None:
+                with torch.no_grad():
+                    f_c, m_c = f * attention_mask(attention, f), m * attention_mask(attention, m)
+                    extra["ssim_clean"] = 1.0 - float(_SSIM(f_c, spatial.warp(m_c, ddf_t)))
         else:
             try:
                 ddf, runtime = classical.register(
@@ -131,7 +161,7 @@ def register_pairs(
         save_image(out_dir / names["warped"], warped.astype(np.float32), fixed.affine)
         save_image(out_dir / names["warped_seg"], warped_seg.astype(np.int16), fixed.affine)
         rows.append({"pair_id": pid, "fixed": pair["fixed"], "moving": pair["moving"], **names,
-                     "runtime_s": runtime, "device": str(dev)})
+                     "runtime_s": runtime, "device": str(dev), **extra})
     table = out_dir / "pairs.tsv"
     with atomic_path(table) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)

@@ -1,5 +1,6 @@
 # Shared helpers: the validated experiments and the target lists derived from them.
 import json
+import os
 import shlex
 
 from regbench.config import load_experiments, methods_for
@@ -11,6 +12,7 @@ wildcard_constraints:
     experiment=r"[a-z0-9_]+",
     dataset=r"[a-z0-9_]+",
     method=r"[a-z0-9_]+",
+    aux=r"[a-z0-9_]+",
     fold=r"\d+",
 
 
@@ -41,7 +43,34 @@ REPORT_FILES = ["table.md", "table.csv", "table.tex", "table_dsc_per_label.md", 
 
 
 def report_outputs(name):
-    return [f"results/{name}/{f}" for f in REPORT_FILES]
+    from regbench.report.extras import extra_outputs
+
+    return [f"results/{name}/{f}" for f in REPORT_FILES + extra_outputs(EXPERIMENTS[name])]
+
+
+def aux_jobs(e):
+    """(dataset, auxiliary id, fold) triples of experiment e: every auxiliary network on every dataset."""
+    return [(d, a, f) for d, dcfg in e["datasets"].items() for a in e.get("auxiliary", {}) for f in dcfg["folds"]]
+
+
+def aux_model(w, aux_id):
+    return f"work/{w.experiment}/aux/{w.dataset}/{aux_id}/fold{w.fold}/model.pt"
+
+
+def train_inputs(w):
+    inputs = {
+        "cases": f"data/prep/{w.experiment}/{w.dataset}/cases.tsv",
+        "pairs": f"data/prep/{w.experiment}/{w.dataset}/pairs.tsv",
+    }
+    for key in ("attention", "autoencoder"):
+        if method_cfg(w).get(key):
+            inputs[key] = aux_model(w, method_cfg(w)[key])
+    return inputs
+
+
+def aux_args(input, keys):
+    """`--attention P --autoencoder P` for the auxiliary models among a rule's inputs."""
+    return " ".join(f"--{k} {input[k]}" for k in keys if k in input.keys())
 
 
 def all_report_outputs():
@@ -68,13 +97,18 @@ def register_inputs(w):
     }
     if method_cfg(w)["kind"] == "learned":
         inputs["model"] = f"work/{w.experiment}/models/{w.dataset}/{w.method}/fold{w.fold}/model.pt"
+    if method_cfg(w).get("attention"):
+        inputs["attention"] = aux_model(w, method_cfg(w)["attention"])
     return inputs
 
 
-def report_inputs(w):
-    e = EXPERIMENTS[w.experiment]
-    metrics = [f"results/{w.experiment}/metrics/{d}/{m}/fold{f}.tsv" for d, m, f in jobs(e)]
-    regs = [f"work/{w.experiment}/reg/{d}/{m}/fold{f}/pairs.tsv" for d, m, f in jobs(e)]
-    infos = [f"work/{w.experiment}/models/{d}/{m}/fold{f}/train_info.json"
+def report_inputs(name):
+    """Inputs of experiment `name`'s report: metrics, registration tables, training infos, aux metrics."""
+    e = EXPERIMENTS[name]
+    metrics = [f"results/{name}/metrics/{d}/{m}/fold{f}.tsv" for d, m, f in jobs(e)]
+    regs = [f"work/{name}/reg/{d}/{m}/fold{f}/pairs.tsv" for d, m, f in jobs(e)]
+    infos = [f"work/{name}/models/{d}/{m}/fold{f}/train_info.json"
              for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"]
-    return {"metrics": metrics, "regs": regs, "infos": infos}
+    aux = [f"results/{name}/aux/{d}/{a}/fold{f}.tsv" for d, a, f in aux_jobs(e)]
+    aux_infos = [f"work/{name}/aux/{d}/{a}/fold{f}/train_info.json" for d, a, f in aux_jobs(e)]
+    return {"metrics": metrics, "regs": regs, "infos": infos, "aux": aux, "aux_infos": aux_infos}

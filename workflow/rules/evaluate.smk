@@ -20,3 +20,26 @@ rule evaluate:
     shell:
         "regbench evaluate --prep {params.prep} --reg {params.reg} --out {output} --fold {wildcards.fold}"
         " --spec {params.spec:q} > {log} 2>&1"
+
+
+# evaluate_aux: an auxiliary network on the test cases (He et al. 2022, Tables 2-3: DSC, HD, ASSD).
+rule evaluate_aux:
+    input:
+        model="work/{experiment}/aux/{dataset}/{aux}/fold{fold}/model.pt",
+        cases="data/prep/{experiment}/{dataset}/cases.tsv",
+    output:
+        "results/{experiment}/aux/{dataset}/{aux}/fold{fold}.tsv",
+    params:
+        prep=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
+        spec=lambda w: spec_json({
+            "dataset": w.dataset, "aux_id": w.aux, "aux_name": exp(w)["auxiliary"][w.aux]["name"],
+            "modality": dataset_cfg(w)["modality"], "seg": dataset_cfg(w)["seg"],
+            "train_seg": dataset_cfg(w)["train_seg"], "device": exp(w)["device"],
+        }),
+    log:
+        "logs/{experiment}/evaluate_aux/{dataset}/{aux}/fold{fold}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "regbench evaluate-aux --prep {params.prep} --model {input.model} --out {output} --fold {wildcards.fold}"
+        " --spec {params.spec:q} > {log} 2>&1"

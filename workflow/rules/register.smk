@@ -7,7 +7,7 @@ rule register:
     params:
         prep=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
         out=lambda w: f"work/{w.experiment}/reg/{w.dataset}/{w.method}/fold{w.fold}",
-        model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
+        model=lambda w, input: aux_args(input, ("model", "attention")),
         spec=lambda w: spec_json({
             "method": method_cfg(w), "seed": exp(w)["seed"] + int(w.fold),
             "modality": dataset_cfg(w)["modality"], "seg": dataset_cfg(w)["seg"], "device": exp(w)["device"],

@@ -1,15 +1,23 @@
-# report: tables (md/csv/tex, paper value beside ours where the paper has one) and figures per experiment.
-rule report:
-    input:
-        unpack(report_inputs),
-    output:
-        [f"results/{{experiment}}/{f}" for f in REPORT_FILES],
-    params:
-        spec=lambda w: spec_json(EXPERIMENTS[w.experiment]),
-    log:
-        "logs/{experiment}/report.log",
-    conda:
-        "../../envs/report.yaml"
-    shell:
-        "regbench report --spec {params.spec:q} --out-dir results/{wildcards.experiment}"
-        " {input.metrics} > {log} 2>&1"
+# report: tables (md/csv/tex, paper value beside ours where the paper has one) and figures, one rule per
+# experiment because experiments differ in their extra tables and figures (report.tables / report.figures).
+for _name in EXPERIMENTS:
+
+    rule:
+        name:
+            f"report_{_name}"
+        input:
+            **report_inputs(_name),
+        output:
+            report_outputs(_name),
+        params:
+            spec=spec_json(EXPERIMENTS[_name]),
+            out_dir=lambda w, output: os.path.dirname(output[0]),
+            aux=(" ".join(["--aux-metrics", *report_inputs(_name)["aux"], "--"])
+                 if report_inputs(_name)["aux"] else ""),
+        log:
+            f"logs/{_name}/report.log",
+        conda:
+            "../../envs/report.yaml"
+        shell:
+            "regbench report --spec {params.spec:q} --out-dir {params.out_dir}"
+            " {params.aux} {input.metrics} > {log} 2>&1"

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .acregnet import ACRegNet, RCINet
 from .he2022 import He2022RegNet
 from .voxelmorph import VoxelMorph
 
@@ -15,6 +16,8 @@ from .voxelmorph import VoxelMorph
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "voxelmorph": VoxelMorph,
     "he2022": He2022RegNet,
+    "acregnet": ACRegNet,
+    "rcinet": RCINet,
 }
 
 

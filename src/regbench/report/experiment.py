@@ -8,23 +8,25 @@ Files (names fixed; the Snakemake ``report`` rule lists them):
   beside ours where ``report.paper_values`` has one;
 * ``table_dsc_per_label.{md,csv,tex}``: DSC per anatomical label;
 * ``fig_boxplots.{png,pdf}``: per-pair distributions of the report metrics;
-* ``fig_qualitative.{png,pdf}``: one test pair (``report.qualitative_pair`` or the first) for every method.
+* ``fig_qualitative.{png,pdf}``: one test pair (``report.qualitative_pair`` or the first) for every method;
+* ``<name>.{md,csv,tex}`` per ``report.tables`` item and ``<name>.{png,pdf}`` per ``report.figures`` item:
+  ablation tables and figures (He et al. 2022, Tables 2-4, Figs. 8-9), see :mod:`regbench.report.extras`
+  (file list: :func:`regbench.report.extras.extra_outputs`).
 
 With several datasets in one experiment, each dataset's rows are tabled separately (``table.md`` holds all
-of them, one section per dataset).
+of them, one block per dataset, with a ``Dataset`` column).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-import pandas as pd
+from typing import Any
 
 from .. import provenance
 from ..utils import get_logger
-from . import figures, tables
+from . import extras, figures, tables
 
 log = get_logger(__name__)
 
@@ -35,13 +37,13 @@ def _notes(exp: dict[str, Any]) -> list[str]:
     if knobs or (exp.get("scale") or {}).get("note"):
         parts = [", ".join(f"{k}={v}" for k, v in knobs.items()), (exp.get("scale") or {}).get("note") or ""]
         notes.append("SCALED-DOWN RUN (not the paper protocol): " + ". ".join(p for p in parts if p))
-    notes.append("Values are mean ± std (sample std, ddof=1) over test pairs; label-wise metrics are first "
-                 "averaged over the foreground labels of each pair. Runtime is per pair (registration only).")
+    notes.append(tables.PAIR_STATS_NOTE)
     return notes
 
 
 def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_dir: Path,
-                      reg_root: Path | None = None, prep_root: Path | None = None) -> list[Path]:
+                      reg_root: Path | None = None, prep_root: Path | None = None,
+                      aux_metrics_paths: Sequence[Path] = ()) -> list[Path]:
     """Write every table and figure of ``exp`` from its metrics TSVs; return the written paths.
 
     Args:
@@ -51,9 +53,14 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
         reg_root, prep_root: roots of registration outputs and prepared data (default
             ``work/<experiment>/reg`` and ``data/prep/<experiment>``) for the qualitative panel. If they are
             missing (a reviewer regenerating tables from committed metrics), the existing panel is kept.
+        aux_metrics_paths: aux metrics TSVs of the auxiliary networks (:func:`tables.load_aux_metrics`),
+            needed only by ``report.tables`` items with ``auxiliary``; default none.
 
     Raises:
-        DataError: a metrics file is missing or empty (from :func:`tables.load_metrics`).
+        DataError: a metrics or aux metrics file is missing or empty (from :func:`tables.load_metrics` /
+            :func:`tables.load_aux_metrics`).
+        ConfigError: a ``report.tables`` / ``report.figures`` item is inconsistent with the metrics
+            (:func:`extras.render_extras`); checked before anything is written.
     """
     name = exp["experiment"]
     rep = exp["report"]
@@ -65,6 +72,8 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     notes = _notes(exp)
     order = rep.get("method_order")
     pairs = tables.per_pair(df)
+    aux = tables.load_aux_metrics(aux_metrics_paths) if aux_metrics_paths else None
+    extras.check_inputs(exp, pairs, aux)  # fail on a bad ablation config before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -75,20 +84,7 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
         summaries.append((dataset, t))
         per_label.append((dataset, tables.per_label_table(df[df["dataset"] == dataset], "dsc", method_order=order)))
 
-    def combine(items):
-        if len(items) == 1:
-            return items[0][1]
-        frames = []
-        for dataset, t in items:
-            t = t.copy()
-            t.insert(0, "Dataset", dataset)
-            frames.append(t)
-        out = pd.concat(frames)
-        out.attrs["numeric"] = pd.concat(
-            [tables.numeric_table(t).assign(dataset=d) for d, t in items]
-        )
-        return out
-
+    combine = tables.combine_datasets
     title = rep["title"]
     written += tables.write_table(combine(summaries), out_dir / "table", title, prov, notes).values()
     written += tables.write_table(combine(per_label), out_dir / "table_dsc_per_label",
@@ -115,6 +111,7 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
         ).values()
     else:
         log.warning("registration outputs under %s are absent; keeping the existing qualitative figure", reg_root)
+    written += extras.render_extras(exp, pairs, aux, out_dir, prov, notes)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     log.info("wrote %d report files to %s", len(written), out_dir)
     return written

@@ -6,7 +6,12 @@ Data flow::
         -> load_metrics()         concatenated label-level DataFrame
         -> per_pair()             one row per (dataset, method, fold, pair_id)
         -> summary_table()        one row per method, "mean ± std" strings (+ numeric frame for the CSV)
+        -> combine_datasets()     per-dataset tables stacked with a "Dataset" column (several datasets)
         -> write_table()          <stem>.md, <stem>.csv, <stem>.tex, each with the provenance record
+
+    aux metrics TSVs (auxiliary networks of He et al. 2022: one row per test case)
+        -> load_aux_metrics()     concatenated case-level DataFrame
+        -> aux_summary_table()    one row per (dataset, auxiliary network), "mean ± std" over cases
 
 Statistics conventions (stated once, used everywhere):
 
@@ -27,9 +32,10 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +52,19 @@ PAIR_KEYS: tuple[str, ...] = ("dataset", "method", "fold", "pair_id")
 LABEL_METRICS: tuple[str, ...] = ("dsc", "hd95_mm", "hd_mm", "assd_mm", "hd95_px", "hd_px", "assd_px")
 #: Label-level columns dropped by :func:`per_pair`.
 LABEL_COLUMNS: tuple[str, ...] = ("label", "label_name")
+#: Columns identifying one test case of an auxiliary network (aux metrics TSVs, :func:`load_aux_metrics`).
+AUX_KEYS: tuple[str, ...] = ("dataset", "aux", "fold", "case")
+
+#: Statistics note printed under the per-pair tables (main table and registration-method extra tables).
+PAIR_STATS_NOTE = (
+    "Values are mean ± std (sample std, ddof=1) over test pairs; label-wise metrics are first averaged over "
+    "the foreground labels of each pair. Runtime is per pair (registration only)."
+)
+#: Statistics note printed under auxiliary-network tables (:func:`aux_summary_table`).
+AUX_STATS_NOTE = (
+    "Auxiliary-network values are mean ± std (sample std, ddof=1) over test cases (one value per case, as in "
+    "the aux metrics file; folds pooled)."
+)
 
 DASH = "—"
 
@@ -121,6 +140,7 @@ METRICS: dict[str, MetricInfo] = {
         _m("folding_count", "|J|≤0 (count)", False, 1),
         _m("sdlogj", "SDlogJ", False, 3),
         _m("cc", "CC", True, 3),
+        _m("ssim_clean", "SSIM (attention-cleaned)", True, 3),
         _m("runtime_s", "Runtime (s)", False, None),
     ]
 }
@@ -159,14 +179,52 @@ def resolve_metric(df: pd.DataFrame, name: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _read_tsvs(
+    paths: str | Path | Iterable[str | Path], keys: Sequence[str], what: str, caller: str, rows: str
+) -> list[pd.DataFrame]:
+    """Read TSVs with ``keys`` as string columns; DataError naming the file when one is missing/empty/bad."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError(f"{caller}: no {what} files given")
+    frames = []
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"{p}: {what} file not found")
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: {what} file is empty (0 bytes); re-run its evaluation step")
+        try:
+            df = pd.read_csv(p, sep="\t", dtype={k: str for k in keys})
+        except pd.errors.EmptyDataError as exc:
+            raise DataError(f"{p}: {what} file is empty; re-run its evaluation step") from exc
+        except Exception as exc:
+            raise DataError(f"{p}: cannot read as a TSV ({type(exc).__name__}: {exc})") from exc
+        if df.empty:
+            raise DataError(f"{p}: {what} file has a header but no rows (no {rows} evaluated?)")
+        missing = [c for c in keys if c not in df.columns]
+        if missing:
+            raise DataError(f"{p}: missing required column(s) {missing}; has {list(df.columns)}")
+        frames.append(df)
+    return frames
+
+
+def _fill_name(df: pd.DataFrame, name_col: str, id_col: str) -> pd.DataFrame:
+    if name_col not in df.columns:
+        df[name_col] = df[id_col]
+    else:
+        df[name_col] = df[name_col].where(df[name_col].notna(), df[id_col])
+    return df
+
+
 def load_metrics(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """Read and concatenate metrics TSVs (one per dataset x method x fold).
 
     Args:
         paths: one path or an iterable of paths to tab-separated files with at least the columns
             ``dataset, method, fold, pair_id`` (normally also ``method_name, fixed, moving, label,
-            label_name, dsc, hd95_mm|hd95_px, ..., runtime_s, device``). Distance columns may be ``_mm`` in
-            some files and ``_px`` in others; the union of columns is kept (missing -> NaN).
+            label_name, dsc, hd95_mm|hd95_px, ..., ssim_clean, runtime_s, device``). Distance columns may be
+            ``_mm`` in some files and ``_px`` in others; the union of columns is kept (missing -> NaN).
 
     Returns:
         The concatenated label-level DataFrame, rows in file order. ``method_name`` is filled from
@@ -177,35 +235,32 @@ def load_metrics(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         DataError: no paths given, or a file is missing, empty, has no data rows, or lacks a key column
             (the message names the file).
     """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise DataError("load_metrics: no metrics files given")
-    frames = []
-    for p in paths:
-        if not p.is_file():
-            raise DataError(f"{p}: metrics file not found")
-        if p.stat().st_size == 0:
-            raise DataError(f"{p}: metrics file is empty (0 bytes); re-run its evaluation step")
-        try:
-            df = pd.read_csv(p, sep="\t", dtype={k: str for k in PAIR_KEYS})
-        except pd.errors.EmptyDataError as exc:
-            raise DataError(f"{p}: metrics file is empty; re-run its evaluation step") from exc
-        except Exception as exc:
-            raise DataError(f"{p}: cannot read as a TSV ({type(exc).__name__}: {exc})") from exc
-        if df.empty:
-            raise DataError(f"{p}: metrics file has a header but no rows (no test pairs evaluated?)")
-        missing = [c for c in PAIR_KEYS if c not in df.columns]
-        if missing:
-            raise DataError(f"{p}: missing required column(s) {missing}; has {list(df.columns)}")
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True, sort=False)
-    if "method_name" not in out.columns:
-        out["method_name"] = out["method"]
-    else:
-        out["method_name"] = out["method_name"].where(out["method_name"].notna(), out["method"])
-    return out
+    frames = _read_tsvs(paths, PAIR_KEYS, "metrics", "load_metrics", "test pairs")
+    return _fill_name(pd.concat(frames, ignore_index=True, sort=False), "method_name", "method")
+
+
+def load_aux_metrics(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Read and concatenate aux metrics TSVs: test results of the auxiliary networks of He et al. 2022.
+
+    The auxiliary networks are the segmenter and the autoencoder trained with cross-entropy or contour
+    losses (the paper's Tables 2 and 3); they are evaluated on test cases, not registered pairs.
+
+    Args:
+        paths: one path or an iterable of paths to tab-separated files with the columns ``dataset, aux,
+            aux_name, kind, fold, case, dsc, hd_px, assd_px`` (one row per test case; ``kind`` is
+            ``segmenter`` or ``autoencoder``). ``dataset, aux, fold, case`` are required; metric columns
+            may be absent from some files (-> NaN).
+
+    Returns:
+        The concatenated case-level DataFrame, rows in file order; ``dataset, aux, fold, case`` as strings,
+        ``aux_name`` filled from ``aux`` where absent.
+
+    Raises:
+        DataError: no paths given, or a file is missing, empty, has no data rows, or lacks a key column
+            (the message names the file).
+    """
+    frames = _read_tsvs(paths, AUX_KEYS, "aux metrics", "load_aux_metrics", "test cases")
+    return _fill_name(pd.concat(frames, ignore_index=True, sort=False), "aux_name", "aux")
 
 
 def per_pair(df: pd.DataFrame) -> pd.DataFrame:
@@ -220,8 +275,9 @@ def per_pair(df: pd.DataFrame) -> pd.DataFrame:
 
         * label-wise metrics (:data:`LABEL_METRICS` present in ``df``: ``dsc, hd95_*, hd_*, assd_*``)
           averaged over the pair's labels with ``nanmean`` (NaN only if every label is NaN);
-        * every other column (pair-level metrics ``folding_*, sdlogj, cc, tre_*, runtime_s`` and text
-          columns ``method_name, fixed, moving, device``) taken once: the first non-NaN value;
+        * every other column (pair-level metrics ``folding_*, sdlogj, cc, tre_*, ssim_clean, runtime_s``
+          and text columns ``method_name, fixed, moving, device``) taken once: the first non-NaN value
+          (NaN if the pair has none, e.g. ``ssim_clean`` of a method without attention);
         * ``n_labels``: the number of label rows of the pair.
 
         ``label`` and ``label_name`` are dropped. A pair-level numeric column that varies across the labels
@@ -558,6 +614,136 @@ def per_label_table(
         display[lab] = [info.fmt_mean_std(a, b) for a, b in zip(means, stds)]
         numeric[f"{lab}_mean"], numeric[f"{lab}_std"], numeric[f"{lab}_n"] = means, stds, ns
     display.columns.name = info.header
+    display.attrs["numeric"] = numeric.to_dict(orient="tight")
+    return display
+
+
+def combine_datasets(items: Sequence[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Stack per-dataset display tables (e.g. from :func:`summary_table`) into one.
+
+    Args:
+        items: ``[(dataset, display table), ...]`` in the order to show.
+
+    Returns:
+        With one item, that table unchanged. Otherwise the tables stacked row-wise with a leading
+        ``"Dataset"`` column, and the numeric companions stacked with a ``dataset`` column in
+        ``attrs["numeric"]`` (see :func:`numeric_table`). Columns are the union in table order; a metric
+        with paper values in one dataset only gets ``"<metric> (paper)"`` (``—``) / ``"<metric> (ours)"`` in
+        every dataset, and any other cell a dataset lacks is NaN (written as ``—``).
+
+    Raises:
+        DataError: ``items`` is empty.
+    """
+    if not items:
+        raise DataError("combine_datasets: no tables to combine")
+    if len(items) == 1:
+        return items[0][1]
+    split = {str(c)[: -len(" (ours)")] for _, t in items for c in t.columns if str(c).endswith(" (ours)")}
+    frames, order = [], ["Dataset"]
+    for dataset, t in items:
+        t = t.copy()
+        for c in [c for c in t.columns if c in split]:  # paper values in another dataset only
+            pos = list(t.columns).index(c)
+            t = t.rename(columns={c: f"{c} (ours)"})
+            t.insert(pos, f"{c} (paper)", DASH)
+        t.insert(0, "Dataset", dataset)
+        prev = None
+        for c in t.columns:  # union of columns, each new one placed after its predecessor
+            if c not in order:
+                order.insert(order.index(prev) + 1 if prev is not None else len(order), c)
+            prev = c
+        frames.append(t)
+    out = pd.concat(frames)[order]
+    out.attrs["numeric"] = pd.concat([numeric_table(t).assign(dataset=d) for d, t in items])
+    return out
+
+
+def aux_summary_table(
+    aux: pd.DataFrame,
+    metrics: Sequence[str],
+    aux_order: Sequence[str] | None = None,
+    paper_values: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> pd.DataFrame:
+    """Auxiliary-network table (He et al. 2022, Tables 2 and 3): one row per (dataset, auxiliary network).
+
+    Args:
+        aux: case-level table from :func:`load_aux_metrics` (``dataset, aux, aux_name, kind, fold, case``
+            and metric columns such as ``dsc, hd_px, assd_px``).
+        metrics: metric columns to show, in order (resolved by :func:`resolve_metric`: ``"hd"`` -> ``hd_px``).
+        aux_order: row order within a dataset, by aux id or ``aux_name`` (others appended, with a warning).
+            Datasets keep their first-appearance order.
+        paper_values: ``{dataset: {aux id or aux_name: {metric: value}}}`` with a number or a verbatim
+            string such as ``"0.957 ± 0.012"`` (the ``report.paper_values`` format). Every metric with at
+            least one paper value gets two columns, ``"<metric> (paper)"`` then ``"<metric> (ours)"``; ``—``
+            where the paper has no value for a row.
+
+    Returns:
+        Display DataFrame: index ``"Auxiliary network"`` (``aux_name``; ``"name (id)"`` if two ids share a
+        name), first column ``Dataset``, then per metric ``"<label> <arrow>"`` = ``"mean ± std"`` over the
+        test cases (sample std, ``ddof=1``; NaN cases skipped; mean alone for a single case) with the paper
+        column beside it, then ``n_cases`` (rows of that dataset and network). Numeric companion in ``attrs``
+        (:func:`numeric_table`): index ``aux`` (id), columns ``dataset, aux_name, kind, n_cases`` and per
+        metric ``<col>_mean, <col>_std, <col>_n`` (+ ``<col>_paper_mean, <col>_paper_std``).
+
+    Raises:
+        DataError: ``aux`` is empty or lacks ``dataset``/``aux``.
+        KeyError: a metric column is missing.
+    """
+    if aux is None or aux.empty:
+        raise DataError("aux_summary_table: no aux metrics rows")
+    missing = [c for c in ("dataset", "aux") if c not in aux.columns]
+    if missing:
+        raise DataError(f"aux_summary_table: aux metrics lack column(s) {missing}; has {list(aux.columns)}")
+    df = aux.copy()
+    df["aux"] = df["aux"].astype(str)
+    df["dataset"] = df["dataset"].astype(str)
+    if "aux_name" not in df.columns:
+        df["aux_name"] = df["aux"]
+    cols = [resolve_metric(df, m) for m in metrics]
+    rows: list[tuple[str, str]] = []
+    for dataset in dict.fromkeys(df["dataset"]):
+        sub = df[df["dataset"] == dataset].assign(method=lambda x: x["aux"], method_name=lambda x: x["aux_name"])
+        sub_names = _method_names(sub)
+        here = [k for k in (aux_order or []) if _match_method(str(k), sub_names) is not None]
+        rows += [(dataset, a) for a in _ordered_methods(sub, here or None)]
+    names = _method_names(df.assign(method=df["aux"], method_name=df["aux_name"]))
+    ids = list(dict.fromkeys(a for _, a in rows))
+    disp_name = dict(zip(ids, _display_index(ids, names)))
+
+    numeric = pd.DataFrame(index=pd.Index([a for _, a in rows], name="aux"))
+    numeric["dataset"] = [d for d, _ in rows]
+    numeric["aux_name"] = [names[a] for _, a in rows]
+    kind = {}
+    if "kind" in df.columns:
+        first = df.drop_duplicates(["dataset", "aux"])
+        kind = dict(zip(zip(first["dataset"], first["aux"]), first["kind"]))
+    numeric["kind"] = [kind.get(r) for r in rows]
+    sel = [(df["dataset"] == d) & (df["aux"] == a) for d, a in rows]
+    numeric["n_cases"] = [int(m.sum()) for m in sel]
+    display = pd.DataFrame(index=pd.Index([disp_name[a] for _, a in rows], name="Auxiliary network"))
+    display["Dataset"] = [d for d, _ in rows]
+
+    for metric, col in zip(metrics, cols):
+        info = metric_info(col)
+        means, stds, ns = [], [], []
+        for m in sel:
+            v = pd.to_numeric(df.loc[m, col], errors="coerce").dropna().to_numpy(dtype=float)
+            means.append(float(v.mean()) if len(v) else math.nan)
+            stds.append(float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+            ns.append(len(v))
+        ours = [info.fmt_mean_std(a, b) for a, b in zip(means, stds)]
+        parsed = [
+            _parse_paper(_paper_lookup((paper_values or {}).get(d) or {}, a, names[a], metric, col)) for d, a in rows
+        ]
+        if any(s is not None or not math.isnan(a) for s, a, _ in parsed):
+            display[f"{info.header} (paper)"] = [s if s is not None else info.fmt_mean_std(a, b) for s, a, b in parsed]
+            display[f"{info.header} (ours)"] = ours
+            numeric[f"{col}_paper_mean"] = [a for _, a, _ in parsed]
+            numeric[f"{col}_paper_std"] = [b for _, _, b in parsed]
+        else:
+            display[info.header] = ours
+        numeric[f"{col}_mean"], numeric[f"{col}_std"], numeric[f"{col}_n"] = means, stds, ns
+    display["n_cases"] = numeric["n_cases"].to_numpy()
     display.attrs["numeric"] = numeric.to_dict(orient="tight")
     return display
 
