@@ -126,7 +126,8 @@ def cmd_register_images(a: argparse.Namespace) -> None:
         params = json.loads(a.params) if a.params else {}
         ddf, runtime = classical.register(fixed.array, moving.array, fixed.spacing, a.method, params, seed=a.seed)
     else:
-        from .register import _timed_forward
+        from .auxiliary import load_auxiliary
+        from .register import timed_forward
         from .train import load_trained
         from .utils import select_device
 
@@ -136,7 +137,8 @@ def cmd_register_images(a: argparse.Namespace) -> None:
         model = load_trained(a.model, dev)
         f = torch.from_numpy(fixed.array)[None, None].to(dev)
         m = torch.from_numpy(moving.array)[None, None].to(dev)
-        ddf_t, runtime = _timed_forward(model, m, f, dev)
+        attention = load_auxiliary(a.attention, dev) if a.attention else None
+        ddf_t, runtime = timed_forward(model, m, f, dev, a.inference_size, attention)
         ddf = ddf_t[0].float().cpu().numpy()
     warped = spatial.warp(torch.from_numpy(moving.array)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
     save_ddf(f"{a.out}_ddf.nii.gz", ddf, fixed.affine)
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", required=True, help="a classical transform (identity, ants_affine, ants_syn) or any name with --model")
     s.add_argument("--model", default=None)
     s.add_argument("--params", default=None, help="JSON keyword arguments for ants.registration")
+    s.add_argument("--inference-size", type=int, nargs="+", default=None,
+                   help="learned model: predict on this grid and upsample the field (e.g. 64 64)")
+    s.add_argument("--attention", default=None, help="learned model: attention segmenter model.pt (He et al. 2022)")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output prefix: <out>_ddf.nii.gz, <out>_warped.nii.gz")

@@ -42,7 +42,7 @@ log = get_logger(__name__)
 _SSIM = SSIMLoss()  # He et al. 2022 Eq. 9-10 (Gaussian 11-tap window), used for the ssim_clean column
 
 
-def _timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
+def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
                    inference_size=None, attention: torch.nn.Module | None = None):
     """One timed forward pass; returns ``(ddf on the input grid, seconds)``.
 
@@ -132,9 +132,9 @@ def register_pairs(
             f = torch.from_numpy(fixed.array)[None, None].to(dev)
             m = torch.from_numpy(moving.array)[None, None].to(dev)
             if not warmed:  # first call pays for kernel selection / allocation; not a per-pair cost
-                _timed_forward(model, m, f, dev, inference_size, attention)
+                timed_forward(model, m, f, dev, inference_size, attention)
                 warmed = True
-            ddf_t, runtime = _timed_forward(model, m, f, dev, inference_size, attention)
+            ddf_t, runtime = timed_forward(model, m, f, dev, inference_size, attention)
             ddf = ddf_t[0].float().cpu().numpy()
             if attention is not None:
                 with torch.no_grad():
