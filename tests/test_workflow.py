@@ -23,6 +23,20 @@ def test_dry_run_builds_the_dag(configfile):
     assert r.returncode == 0, r.stderr[-3000:]
     for rule in ("fetch", "preprocess", "train", "register", "evaluate", "report"):
         assert rule in r.stdout + r.stderr
+    if configfile == "config/config.yaml":  # He et al. 2022: auxiliary networks before registration training
+        for rule in ("train_aux", "evaluate_aux", "report_he2022", "report_demo"):
+            assert rule in r.stdout + r.stderr
+
+
+def test_he2022_training_waits_for_its_auxiliary_networks():
+    target = "work/he2022/models/jsrt/he2022/fold0/model.pt"
+    r = run(["-n", "--nolock", "--forceall", "--configfile", "config/papers/he2022.yaml", "--quiet", "rules",
+             "--printshellcmds", target])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "--attention work/he2022/aux/jsrt/seg_contour/fold0/model.pt" in out
+    assert "--autoencoder work/he2022/aux/jsrt/ae_contour/fold0/model.pt" in out
+    assert "train_aux" in out and "seg_ce" not in out  # only the networks this method uses
 
 
 def test_lint_is_clean():
