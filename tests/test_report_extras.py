@@ -363,3 +363,21 @@ def test_cli_report_with_aux_metrics(tmp_path, monkeypatch, labels_df, exp):
     for name in ["table.md", "table.csv", "fig_boxplots.png"] + extras.extra_outputs(exp):
         assert (out / name).stat().st_size > 0, name
     assert cli.main(["report", "--spec", json.dumps(exp), "--out-dir", str(out)] + [str(p) for p in metrics]) == 2
+
+
+def test_main_table_holds_only_the_method_order(tmp_path, monkeypatch, labels_df, exp):
+    """report.method_order selects the main table's rows; ablation-only methods stay in the extra tables."""
+    from regbench.report.experiment import render_experiment
+
+    monkeypatch.chdir(tmp_path)
+    exp["report"]["figures"], exp["report"]["tables"] = [], []
+    exp["report"]["method_order"] = ["he2022_noatt", "he2022"]
+    metrics = []
+    for (d, m), sub in labels_df.groupby(["dataset", "method"]):
+        metrics.append(tmp_path / f"{d}_{m}.tsv")
+        sub.to_csv(metrics[-1], sep="\t", index=False)
+    render_experiment(exp, metrics, tmp_path / "out")
+    csv = pd.read_csv(tmp_path / "out" / "table.csv", comment="#")
+    shown = set(csv["method_name"] if "method_name" in csv else csv["method"])
+    names = {METHODS[m][0] for m in ("he2022_noatt", "he2022")}
+    assert names <= shown and not ({n for n, _, _ in METHODS.values()} - names) & shown

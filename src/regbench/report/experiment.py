@@ -77,22 +77,26 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
+    main_pairs, main_df = pairs, df
+    if order:  # report.method_order lists the main table's methods; others appear only in report.tables/figures
+        main_pairs, main_df = pairs[pairs["method"].isin(order)], df[df["method"].isin(order)]
     summaries, per_label = [], []
-    for dataset, sub in pairs.groupby("dataset", sort=False):
+    for dataset, sub in main_pairs.groupby("dataset", sort=False):
         t = tables.summary_table(sub, rep["metrics"], method_order=order, reference=rep.get("reference"),
                                  paper_values=(rep.get("paper_values") or {}).get(dataset))
         summaries.append((dataset, t))
-        per_label.append((dataset, tables.per_label_table(df[df["dataset"] == dataset], "dsc", method_order=order)))
+        per_label.append((dataset, tables.per_label_table(main_df[main_df["dataset"] == dataset], "dsc",
+                                                          method_order=order)))
 
     combine = tables.combine_datasets
     title = rep["title"]
     written += tables.write_table(combine(summaries), out_dir / "table", title, prov, notes).values()
     written += tables.write_table(combine(per_label), out_dir / "table_dsc_per_label",
                                   f"{title}: DSC per label", prov, notes).values()
-    box, box_order = pairs, order
-    if pairs["dataset"].nunique() > 1:  # one box per (dataset, method): never pool datasets in a figure
-        box = pairs.assign(method=pairs["dataset"] + ":" + pairs["method"],
-                           method_name=pairs["method_name"] + " (" + pairs["dataset"] + ")")
+    box, box_order = main_pairs, order
+    if main_pairs["dataset"].nunique() > 1:  # one box per (dataset, method): never pool datasets in a figure
+        box = main_pairs.assign(method=main_pairs["dataset"] + ":" + main_pairs["method"],
+                                method_name=main_pairs["method_name"] + " (" + main_pairs["dataset"] + ")")
         box_order = [f"{d}:{m}" for d in exp["datasets"] for m in (order or list(exp["methods"]))]
     written += figures.boxplots(box, rep["metrics"], out_dir / "fig_boxplots", method_order=box_order,
                                 title=title).values()
