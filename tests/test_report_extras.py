@@ -381,3 +381,30 @@ def test_main_table_holds_only_the_method_order(tmp_path, monkeypatch, labels_df
     shown = set(csv["method_name"] if "method_name" in csv else csv["method"])
     names = {METHODS[m][0] for m in ("he2022_noatt", "he2022")}
     assert names <= shown and not ({n for n, _, _ in METHODS.values()} - names) & shown
+
+
+def test_image_order_arrays_are_drawn_upright():
+    """Picture-order arrays (row, column) rotate into the display order; fields rotate with them."""
+    import torch
+
+    from regbench.report.figures import image_to_display
+    from regbench.spatial import jacobian_determinant, warp
+
+    pic = np.zeros((6, 4))
+    pic[0, :] = 1.0  # top row of the picture
+    pic[:, 0] += 2.0  # left column
+    a = image_to_display(pic)
+    assert a.shape == (4, 6)
+    assert np.all(a[:, -1] >= 1.0)  # top row -> largest axis-1 index (drawn at the top, origin lower)
+    assert np.all(a[0, :] >= 2.0)  # left column -> axis-0 index 0 (drawn at the left)
+    rng = np.random.default_rng(0)
+    img = rng.random((6, 4)).astype(np.float32)
+    ddf = (0.3 * rng.standard_normal((2, 6, 4))).astype(np.float32)
+    warped = warp(torch.from_numpy(img)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
+    rot_ddf = image_to_display(ddf, field=True)
+    rot_warped = warp(torch.from_numpy(image_to_display(img).astype(np.float32))[None, None],
+                      torch.from_numpy(rot_ddf)[None])[0, 0].numpy()
+    assert np.allclose(rot_warped, image_to_display(warped), atol=1e-5)  # same transformation, rotated
+    jac = jacobian_determinant(torch.from_numpy(ddf)[None])[0].numpy()
+    rot_jac = jacobian_determinant(torch.from_numpy(rot_ddf)[None])[0].numpy()
+    assert np.allclose(rot_jac, image_to_display(jac), atol=1e-5)

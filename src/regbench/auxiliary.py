@@ -90,8 +90,16 @@ def _train_cases(ds: PreparedDataset, fold: int) -> list[str]:
 
 
 def _test_cases(ds: PreparedDataset, fold: int) -> list[str]:
+    """The fold's test cases: those of its test pairs, widened to every ``split == "test"`` case of
+    ``cases.tsv`` when that column agrees with the pairs (a sampled pair protocol such as ``random200`` need
+    not touch every test case; He et al. score the segmenter on the whole test set)."""
     pairs = ds.pairs_for(fold, "test")
-    return sorted(set(pairs["fixed"]) | set(pairs["moving"]))
+    cases = set(pairs["fixed"]) | set(pairs["moving"])
+    if "split" in ds.cases.columns:
+        listed = set(ds.cases.index[ds.cases["split"] == "test"])
+        if cases <= listed:
+            cases = listed
+    return sorted(cases)
 
 
 def train_auxiliary(

@@ -112,6 +112,7 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
             cases, reg_dirs, rep.get("qualitative_pair"), exp["datasets"][dataset]["modality"],
             out_dir / "fig_qualitative", title=f"{title}: one test pair ({dataset}, fold {fold})",
             seg=exp["datasets"][dataset].get("seg", "seg"),
+            orientation=rep.get("qualitative_orientation", "ras"),
         ).values()
     else:
         log.warning("registration outputs under %s are absent; keeping the existing qualitative figure", reg_root)

@@ -435,6 +435,22 @@ def _resolve(p: Any, repo_root: Path, reg_dir: Path | None = None) -> Path | Non
     return reg_dir / q
 
 
+def image_to_display(a: np.ndarray | None, field: bool = False) -> np.ndarray | None:
+    """Rotate a 2D array in picture order ``(row, column)`` into this module's display order.
+
+    The panels draw axis 0 left -> right and axis 1 bottom -> top, so ``A[c, r'] = a[H - 1 - r', c]``
+    (``arr.T[:, ::-1]``) shows the picture upright. For a DDF ``(2, H, W)`` (``field=True``) the components
+    follow the axes: new axis 0 = old axis 1, new axis 1 = minus old axis 0. A proper rotation: Jacobian
+    determinants are unchanged. ``None`` passes through.
+    """
+    if a is None:
+        return None
+    if not field:
+        return np.ascontiguousarray(np.asarray(a).T[:, ::-1])
+    a = np.asarray(a)
+    return np.ascontiguousarray(np.stack([a[1].T[:, ::-1], -a[0].T[:, ::-1]]))
+
+
 def qualitative_from_dirs(
     cases_tsv: str | Path,
     reg_dirs: Mapping[str, str | Path],
@@ -446,6 +462,7 @@ def qualitative_from_dirs(
     title: str | None = None,
     slice_axis: int | None = None,
     seg: str = "seg",
+    orientation: str = "ras",
 ) -> dict[str, Path]:
     """Load one test pair and each method's outputs from pipeline folders, then call :func:`qualitative_panel`.
 
@@ -462,6 +479,9 @@ def qualitative_from_dirs(
         title: figure title (default ``"<pair_id>: moving <m> -> fixed <f>"``).
         slice_axis: see :func:`qualitative_panel`.
         seg: ``cases_tsv`` column of the label maps (``seg``, or e.g. ``seg_256``).
+        orientation: ``"ras"`` (NIfTI voxel order, the module's display convention) or ``"image"`` for 2D
+            arrays in picture order ``(row, column)``, e.g. the chest X-rays read from PNG: they are rotated
+            (images, labels and fields alike, :func:`image_to_display`) so that rows run top -> bottom.
 
     ``fixed``/``moving`` in ``pairs.tsv`` are case ids of ``cases_tsv``; a value that is not a case id is
     read as an image path. A method whose ``pairs.tsv`` lacks the pair is skipped with a warning; empty
@@ -543,6 +563,12 @@ def qualitative_from_dirs(
         }
     if not results:
         raise DataError(f"qualitative_from_dirs: no method has pair {pair_id!r}")
+    if orientation == "image":
+        fixed, moving, fixed_seg, moving_seg = (image_to_display(a) for a in (fixed, moving, fixed_seg, moving_seg))
+        results = {k: {"ddf": image_to_display(v["ddf"], field=True), "warped": image_to_display(v["warped"]),
+                       "warped_seg": image_to_display(v["warped_seg"])} for k, v in results.items()}
+    elif orientation != "ras":
+        raise ValueError(f"orientation must be 'ras' or 'image', got {orientation!r}")
     return qualitative_panel(
         fixed, moving, fixed_seg, moving_seg, results, out_stem,
         title=title or f"{pair_id}: moving {mid} → fixed {fid}", slice_axis=slice_axis,
