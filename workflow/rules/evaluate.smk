@@ -15,6 +15,8 @@ rule evaluate:
         }),
     log:
         "logs/{experiment}/evaluate/{dataset}/{method}/fold{fold}.log",
+    benchmark:
+        "benchmarks/{experiment}/evaluate/{dataset}/{method}/fold{fold}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     shell:
@@ -38,6 +40,8 @@ rule evaluate_aux:
         }),
     log:
         "logs/{experiment}/evaluate_aux/{dataset}/{aux}/fold{fold}.log",
+    benchmark:
+        "benchmarks/{experiment}/evaluate_aux/{dataset}/{aux}/fold{fold}.tsv"
     conda:
         "../../envs/torch.yaml"
     shell:
