@@ -177,3 +177,20 @@ def test_he2022_loss_terms_train_the_he2022_network(tiny_prepared, tmp_path):
     log = pd.read_csv(tmp_path / "h" / "train_log.tsv", sep="\t")
     assert {"ncc", "ssim", "ce", "tv"} <= set(log.columns) and log["ce"].gt(0).all()
     assert np.isfinite(log["loss"]).all()
+
+
+def test_tv_in_normalized_units_scales_by_grid_size():
+    """AC-RegNet / He et al. regularise fields in [-1, 1] coordinates: TV shrinks by 2 / (n - 1) per axis."""
+    from regbench.losses import Diffusion
+
+    torch.manual_seed(0)
+    ddf = torch.randn(2, 2, 64, 32)
+    px = Diffusion("l1")(ddf)
+    norm = Diffusion("l1", field_unit="normalized")(ddf)
+    manual = ddf.clone()
+    manual[:, 0] *= 2 / 63
+    manual[:, 1] *= 2 / 31
+    assert torch.allclose(norm, Diffusion("l1")(manual))
+    assert 2 / 63 < float(norm / px) < 2 / 31
+    with pytest.raises(ValueError, match="field_unit"):
+        Diffusion("l1", field_unit="mm")

@@ -111,16 +111,28 @@ class Diffusion(nn.Module):
     """Diffusion regulariser ``mean ||grad u||^2`` by forward differences (Balakrishnan et al. 2019, Eq. 4).
 
     With ``penalty="l1"`` it is the anisotropic total variation ``mean |grad u|`` (He et al. 2022, TV term).
+
+    ``field_unit`` is the unit the displacement is measured in before differencing: ``"px"`` (voxels, the
+    regbench convention) or ``"normalized"`` (grid_sample coordinates in [-1, 1], i.e. component ``i``
+    scaled by ``2 / (n_i - 1)``). AC-RegNet's code, which He et al. 2022 extend, predicts and regularises
+    fields in normalised coordinates (its warper maps ``[-1, 1]`` to ``[0, n - 1]``), so their weights
+    (AC-RegNet ``tv_reg = 5e-5``, He et al. ``lambda_df = 3.5``) apply to the normalised field: at 64 px
+    that is 2/63 of the pixel-unit value.
     """
 
-    def __init__(self, penalty: str = "l2"):
+    def __init__(self, penalty: str = "l2", field_unit: str = "px"):
         super().__init__()
         if penalty not in ("l1", "l2"):
             raise ValueError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
-        self.penalty = penalty
+        if field_unit not in ("px", "normalized"):
+            raise ValueError(f"field_unit must be 'px' or 'normalized', got {field_unit!r}")
+        self.penalty, self.field_unit = penalty, field_unit
 
     def forward(self, ddf: torch.Tensor) -> torch.Tensor:
         nd = ddf.dim() - 2
+        if self.field_unit == "normalized":
+            scale = torch.tensor([2.0 / max(n - 1, 1) for n in ddf.shape[2:]], dtype=ddf.dtype, device=ddf.device)
+            ddf = ddf * scale.view(1, nd, *([1] * nd))
         total = ddf.new_zeros(())
         for ax in range(2, 2 + nd):
             d = torch.diff(ddf, dim=ax)

@@ -14,7 +14,8 @@ Loss terms (``train.losses``, a list of ``{name, weight, ...}``):
 
 * ``lncc`` (window), ``ncc``, ``mse``, ``ssim``: similarity between fixed and warped moving image
   (``ssim``: 1 - SSIM, He et al. 2022, Eq. 14);
-* ``diffusion`` (``penalty`` l2) / ``tv`` (l1): smoothness of the DDF;
+* ``diffusion`` (``penalty`` l2) / ``tv`` (l1): smoothness of the DDF; ``field_unit: normalized`` measures
+  the field in [-1, 1] grid coordinates as AC-RegNet's code does (:class:`regbench.losses.Diffusion`);
 * ``dice``: soft Dice between fixed one-hot labels and linearly warped moving one-hot labels
   (VoxelMorph with auxiliary segmentations, TMI 2019, Sec. III-D);
 * ``ce``: cross-entropy between the same one-hot maps, background included (He et al. 2022, Eq. 12);
@@ -61,9 +62,9 @@ def _build_terms(spec: list[dict[str, Any]]) -> list[tuple[str, float, torch.nn.
         if name in L.SIMILARITY:
             module = L.make_similarity(name, **item)
         elif name == "diffusion":
-            module = L.Diffusion(penalty=item.pop("penalty", "l2"))
+            module = L.Diffusion(penalty=item.pop("penalty", "l2"), field_unit=item.pop("field_unit", "px"))
         elif name == "tv":
-            module = L.Diffusion(penalty="l1")
+            module = L.Diffusion(penalty="l1", field_unit=item.pop("field_unit", "px"))
         elif name == "dice":
             module = L.SoftDice()
         elif name == "ce":
