@@ -38,6 +38,8 @@ lint: $(STAMP)
 ## Regenerate result tables and figures from the saved metrics (no retraining).
 report: $(STAMP)
 	$(BIN)/regbench report --config config/demo.yaml --out-dir results/demo
+	$(BIN)/regbench report --config config/papers/he2022.yaml --out-dir results/he2022
+	$(BIN)/regbench report --config config/papers/he2022_long.yaml --out-dir results/he2022_long
 
 clean-demo:
 	rm -rf data/prep/demo work/demo logs/demo benchmarks/demo

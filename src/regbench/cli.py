@@ -109,7 +109,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     else:
         raise RegbenchError("report needs --spec JSON or --config experiment.yaml")
     metrics = [Path(p) for p in a.metrics] or sorted(Path(a.out_dir).glob("metrics/*/*/fold*.tsv"))
-    aux = [Path(p) for p in a.aux_metrics or []]
+    aux = [Path(p) for p in a.aux_metrics or []] or sorted(Path(a.out_dir).glob("aux/*/*/fold*.tsv"))
     render_experiment(exp, metrics, Path(a.out_dir), aux_metrics_paths=aux)
 
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("metrics", nargs="*", help="metrics TSVs (default: <out-dir>/metrics/*/*/fold*.tsv)")
     s.add_argument("--aux-metrics", nargs="+", action="extend", default=None, metavar="P",
                    help="aux metrics TSVs of the auxiliary networks, for report.tables items with `auxiliary` "
-                        "(default: none); end the list with `--` or put it after the metrics TSVs")
+                        "(default: <out-dir>/aux/*/*/fold*.tsv); end the list with `--` or put it after the metrics TSVs")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("register-images", help="register your own fixed/moving NIfTI pair")
