@@ -133,18 +133,16 @@ def train_auxiliary(
         ConfigError: unknown kind or loss term.
         DataError: missing prepared data.
     """
-    from .train import run_training_loop
+    from .models.he2022 import swap_label_noise
+    from .train import run_training_loop, training_schedule
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = aux.get("kind")
-    tcfg = dict(aux.get("train", {}))
-    steps = int(tcfg.get("steps", 1000)) if max_steps is None else min(int(tcfg.get("steps", 1000)), int(max_steps))
+    tcfg, steps, resume = training_schedule(aux, max_steps)
     batch, every = int(tcfg.get("batch_size", 16)), int(tcfg.get("checkpoint_every", 100))
     noise = float(aux.get("noise", 0.1))
     dev = select_device(device)
-    resume = {k: v for k, v in aux.items() if k != "train"}
-    resume["train"] = {k: v for k, v in tcfg.items() if k not in ("steps", "checkpoint_every")}
     spec_hash = config_hash({"aux": resume, "fold": fold, "seed": seed, "modality": modality, "seg": seg,
                              "labels": list(labels)})
 
@@ -152,9 +150,7 @@ def train_auxiliary(
     cases = _train_cases(ds, fold)
     images = torch.stack([torch.from_numpy(ds.load(c, modality).array)[None] for c in cases]).to(dev)
     segs = torch.stack([torch.from_numpy(ds.load(c, seg).array.astype(np.int64))[None] for c in cases]).to(dev)
-    classes = torch.zeros_like(segs)
-    for k, v in enumerate(labels, start=1):
-        classes[segs == int(v)] = k if kind == "autoencoder" else 1
+    classes = label_classes(segs, labels, foreground_only=kind == "segmenter")
     n_classes = len(labels) + 1 if kind == "autoencoder" else 2
     size = tuple(images.shape[2:])
     seed_everything(seed)
@@ -170,7 +166,7 @@ def train_auxiliary(
         if kind == "segmenter":
             logits = model(images[idx])
         else:
-            noisy = swap_noise(target, noise, noise_gen) if noise > 0 else target
+            noisy = swap_label_noise(target, noise, noise_gen) if noise > 0 else target
             logits = model(F.one_hot(noisy[:, 0], n_classes).movedim(-1, 1).float())
         value = loss(logits, target)
         return value, {"ce_contour": float(value.detach())}
@@ -193,11 +189,13 @@ def train_auxiliary(
     return model_path
 
 
-def swap_noise(classes: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
-    """AC-RegNet's label noise (:func:`regbench.models.he2022.swap_label_noise`) on ``(B, 1, H, W)`` classes."""
-    from .models.he2022 import swap_label_noise
-
-    return swap_label_noise(classes, prob, generator)
+def label_classes(seg: torch.Tensor, labels: list[int], foreground_only: bool = False) -> torch.Tensor:
+    """Class indices of a label map: label ``labels[k]`` -> ``k + 1`` (or 1 for every label with
+    ``foreground_only``, the segmenter's two classes), anything else -> 0. Same shape, int64."""
+    classes = torch.zeros_like(seg, dtype=torch.int64)
+    for k, v in enumerate(labels, start=1):
+        classes[seg == int(v)] = 1 if foreground_only else k
+    return classes
 
 
 def load_auxiliary(model_path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -282,11 +280,8 @@ def evaluate_auxiliary(
             img = torch.from_numpy(ds.load(case, modality).array)[None, None].to(dev)
             pred = attention_mask(model, img)[0, 0].cpu().numpy() > 0.5
         else:
-            small = ds.load(case, train_seg).array.astype(np.int64)
-            classes = np.zeros_like(small)
-            for k, v in enumerate(model.labels, start=1):
-                classes[small == v] = k
-            rec = reconstruct_labels(model, torch.from_numpy(classes)[None, None].to(dev), truth.shape)
+            small = torch.from_numpy(ds.load(case, train_seg).array.astype(np.int64))[None, None]
+            rec = reconstruct_labels(model, label_classes(small, model.labels).to(dev), truth.shape)
             pred = rec[0, 0].cpu().numpy() > 0
         rows.append({"dataset": dataset, "aux": aux_id, "aux_name": aux_name, "kind": model.kind, "fold": fold,
                      "case": case, "dsc": metrics.dice(truth, pred), "hd_px": metrics.hd(truth, pred, 1.0),

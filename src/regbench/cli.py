@@ -138,7 +138,7 @@ def cmd_register_images(a: argparse.Namespace) -> None:
         f = torch.from_numpy(fixed.array)[None, None].to(dev)
         m = torch.from_numpy(moving.array)[None, None].to(dev)
         attention = load_auxiliary(a.attention, dev) if a.attention else None
-        ddf_t, runtime = timed_forward(model, m, f, dev, a.inference_size, attention)
+        ddf_t, runtime, _ = timed_forward(model, m, f, dev, a.inference_size, attention)
         ddf = ddf_t[0].float().cpu().numpy()
     warped = spatial.warp(torch.from_numpy(moving.array)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
     save_ddf(f"{a.out}_ddf.nii.gz", ddf, fixed.affine)
@@ -164,42 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: the dataset's config block plus seed")
     s.set_defaults(func=cmd_preprocess)
 
-    for name, func, help_ in (("train", cmd_train, "train a learned method on one fold"),
-                              ("register", cmd_register, "register the test pairs of one fold")):
+    def stage(name: str, func, help_: str) -> argparse.ArgumentParser:
+        """A per-(dataset, fold) stage: --prep, --out, --fold and the JSON --spec of the Snakemake rule."""
         s = sub.add_parser(name, help=help_)
         s.add_argument("--prep", required=True)
         s.add_argument("--out", required=True)
         s.add_argument("--fold", required=True, type=int)
         s.add_argument("--spec", required=True)
-        if name == "register":
-            s.add_argument("--model", default=None, help="model.pt of a learned method")
-        else:
-            s.add_argument("--autoencoder", default=None, help="model.pt of the label auto-encoder (ae term)")
-        s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
         s.set_defaults(func=func)
+        return s
 
-    s = sub.add_parser("train-aux", help="train an auxiliary network (segmenter, auto-encoder) on one fold")
-    s.add_argument("--prep", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--fold", required=True, type=int)
-    s.add_argument("--spec", required=True)
-    s.set_defaults(func=cmd_train_aux)
-
-    s = sub.add_parser("evaluate-aux", help="score an auxiliary network on the test cases of one fold")
-    s.add_argument("--prep", required=True)
+    s = stage("train", cmd_train, "train a learned method on one fold")
+    s.add_argument("--autoencoder", default=None, help="model.pt of the label auto-encoder (ae term)")
+    s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
+    s = stage("register", cmd_register, "register the test pairs of one fold")
+    s.add_argument("--model", default=None, help="model.pt of a learned method")
+    s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
+    stage("train-aux", cmd_train_aux, "train an auxiliary network (segmenter, auto-encoder) on one fold")
+    s = stage("evaluate-aux", cmd_evaluate_aux, "score an auxiliary network on the test cases of one fold")
     s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--fold", required=True, type=int)
-    s.add_argument("--spec", required=True)
-    s.set_defaults(func=cmd_evaluate_aux)
-
-    s = sub.add_parser("evaluate", help="metrics of one (dataset, method, fold)")
-    s.add_argument("--prep", required=True)
+    s = stage("evaluate", cmd_evaluate, "metrics of one (dataset, method, fold)")
     s.add_argument("--reg", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--fold", required=True, type=int)
-    s.add_argument("--spec", required=True)
-    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="render an experiment's tables and figures from its metrics TSVs")
     s.add_argument("--spec", default=None, help="JSON experiment config (what the Snakemake rule passes)")

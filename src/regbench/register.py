@@ -44,9 +44,11 @@ _SSIM = SSIMLoss()  # He et al. 2022 Eq. 9-10 (Gaussian 11-tap window), used for
 
 def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
                    inference_size=None, attention: torch.nn.Module | None = None):
-    """One timed forward pass; returns ``(ddf on the input grid, seconds)``.
+    """One timed forward pass; returns ``(ddf on the input grid, seconds, (moving, fixed))``, the last being
+    the images the network registered.
 
-    With an ``attention`` segmenter both images are first multiplied by their attention masks (timed too).
+    With an ``attention`` segmenter both images are first multiplied by their attention masks (timed too), and
+    the returned images are these attention-cleaned ones; otherwise they are the inputs.
 
     With ``inference_size`` the images are resized to that grid, the model predicts there, and the field is
     resized back with its displacements rescaled (:func:`regbench.spatial.resize_field`); the resizing is
@@ -66,7 +68,7 @@ def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Ten
             ddf = model(moving, fixed)["ddf"]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return ddf, time.perf_counter() - t0
+    return ddf, time.perf_counter() - t0, (moving, fixed)
 
 
 def register_pairs(
@@ -134,12 +136,11 @@ def register_pairs(
             if not warmed:  # first call pays for kernel selection / allocation; not a per-pair cost
                 timed_forward(model, m, f, dev, inference_size, attention)
                 warmed = True
-            ddf_t, runtime = timed_forward(model, m, f, dev, inference_size, attention)
+            ddf_t, runtime, (m_in, f_in) = timed_forward(model, m, f, dev, inference_size, attention)
             ddf = ddf_t[0].float().cpu().numpy()
-            if attention is not None:
+            if attention is not None:  # m_in, f_in are the attention-cleaned images
                 with torch.no_grad():
-                    f_c, m_c = f * attention_mask(attention, f), m * attention_mask(attention, m)
-                    extra["ssim_clean"] = 1.0 - float(_SSIM(f_c, spatial.warp(m_c, ddf_t)))
+                    extra["ssim_clean"] = 1.0 - float(_SSIM(f_in, spatial.warp(m_in, ddf_t)))
         else:
             try:
                 ddf, runtime = classical.register(

@@ -109,6 +109,22 @@ class _CaseCache:
         return self._seg[case]
 
 
+def training_schedule(block: dict[str, Any], max_steps: int | None) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """``(train block, steps, resume spec)`` of a method or auxiliary config ``block``.
+
+    ``steps`` is ``train.steps`` (default 1000) capped by the ``max_steps`` scale knob. The resume spec is the
+    block without ``train.steps`` and ``train.checkpoint_every``: it goes into the checkpoint's spec hash, so
+    raising the number of steps resumes from the last checkpoint instead of starting afresh.
+    """
+    tcfg = dict(block.get("train", {}))
+    steps = int(tcfg.get("steps", 1000))
+    if max_steps is not None:
+        steps = min(steps, int(max_steps))
+    resume = {k: v for k, v in block.items() if k != "train"}
+    resume["train"] = {k: v for k, v in tcfg.items() if k not in ("steps", "checkpoint_every")}
+    return tcfg, steps, resume
+
+
 def run_training_loop(
     out_dir: Path,
     model: torch.nn.Module,
@@ -215,16 +231,10 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tcfg = dict(method.get("train", {}))
-    steps = int(tcfg.get("steps", 1000))
-    if max_steps is not None:
-        steps = min(steps, int(max_steps))
+    tcfg, steps, resume_spec = training_schedule(method, max_steps)
     batch = int(tcfg.get("batch_size", 1))
     every = int(tcfg.get("checkpoint_every", 100))
     dev = select_device(device)
-    # The number of steps is left out of the hash: raising it resumes from the last checkpoint.
-    resume_spec = {k: v for k, v in method.items() if k != "train"}
-    resume_spec["train"] = {k: v for k, v in tcfg.items() if k not in ("steps", "checkpoint_every")}
     attention = load_auxiliary(attention_path, dev) if attention_path else None
     autoencoder = load_auxiliary(autoencoder_path, dev) if autoencoder_path else None
     aux_hashes = {k: getattr(m, "spec_hash", None) for k, m in (("attention", attention),

@@ -1,19 +1,19 @@
 # report: tables (md/csv/tex, paper value beside ours where the paper has one) and figures, one rule per
 # experiment because experiments differ in their extra tables and figures (report.tables / report.figures).
 for _name in EXPERIMENTS:
+    _inputs = report_inputs(_name)
 
     rule:
         name:
             f"report_{_name}"
         input:
-            **report_inputs(_name),
+            **_inputs,
         output:
             report_outputs(_name),
         params:
             spec=spec_json(EXPERIMENTS[_name]),
             out_dir=lambda w, output: os.path.dirname(output[0]),
-            aux=(" ".join(["--aux-metrics", *report_inputs(_name)["aux"], "--"])
-                 if report_inputs(_name)["aux"] else ""),
+            aux=" ".join(["--aux-metrics", *_inputs["aux"], "--"]) if _inputs["aux"] else "",
         log:
             f"logs/{_name}/report.log",
         conda:
