@@ -4,12 +4,15 @@ import os
 import shlex
 
 from regbench.config import load_experiments, methods_for
+from regbench.report.budget import input_files as budget_input_files
 
 EXPERIMENTS = load_experiments(config)
 
 
+# experiment: only the loaded ones, so another experiment's committed results (read by a budget series) are
+# source files rather than outputs of rules whose config is not loaded
 wildcard_constraints:
-    experiment=r"[a-z0-9_]+",
+    experiment="|".join(sorted(EXPERIMENTS, key=len, reverse=True)),
     dataset=r"[a-z0-9_]+",
     method=r"[a-z0-9_]+",
     aux=r"[a-z0-9_]+",
@@ -111,4 +114,7 @@ def report_inputs(name):
              for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"]
     aux = [f"results/{name}/aux/{d}/{a}/fold{f}.tsv" for d, a, f in aux_jobs(e)]
     aux_infos = [f"work/{name}/aux/{d}/{a}/fold{f}/train_info.json" for d, a, f in aux_jobs(e)]
-    return {"metrics": metrics, "regs": regs, "infos": infos, "aux": aux, "aux_infos": aux_infos}
+    # report.budget_series: other experiments' metrics (built in this run if they are loaded, else committed)
+    series = budget_input_files(e)
+    return {"metrics": metrics, "regs": regs, "infos": infos, "aux": aux, "aux_infos": aux_infos,
+            "series": series}

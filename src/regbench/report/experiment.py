@@ -11,7 +11,9 @@ Files (names fixed; the Snakemake ``report`` rule lists them):
 * ``fig_qualitative.{png,pdf}``: one test pair (``report.qualitative_pair`` or the first) for every method;
 * ``<name>.{md,csv,tex}`` per ``report.tables`` item and ``<name>.{png,pdf}`` per ``report.figures`` item:
   ablation tables and figures (He et al. 2022, Tables 2-4, Figs. 8-9), see :mod:`regbench.report.extras`
-  (file list: :func:`regbench.report.extras.extra_outputs`).
+  (file list: :func:`regbench.report.extras.extra_outputs`);
+* ``<name>.{md,csv,tex,png,pdf}`` per ``report.budget_series`` item: test metrics vs training steps across
+  experiments that differ only in their step cap, see :mod:`regbench.report.budget`.
 
 With several datasets in one experiment, each dataset's rows are tabled separately (``table.md`` holds all
 of them, one block per dataset, with a ``Dataset`` column).
@@ -26,7 +28,7 @@ from typing import Any
 
 from .. import provenance
 from ..utils import get_logger
-from . import extras, figures, tables
+from . import budget, extras, figures, tables
 
 log = get_logger(__name__)
 
@@ -117,6 +119,7 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     else:
         log.warning("registration outputs under %s are absent; keeping the existing qualitative figure", reg_root)
     written += extras.render_extras(exp, pairs, aux, out_dir, prov, notes)
+    written += budget.render_series(exp, pairs, out_dir, prov, notes)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     log.info("wrote %d report files to %s", len(written), out_dir)
     return written

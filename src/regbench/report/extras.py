@@ -100,7 +100,8 @@ def _where(key: str, i: int, item: Mapping[str, Any]) -> str:
 def check_extras(exp: Mapping[str, Any]) -> None:
     """Check ``report.tables`` / ``report.figures`` beyond what the schema can express.
 
-    Checks: names are unique and not one of :data:`RESERVED_NAMES`; a table has exactly one of
+    Checks: names (of tables, figures and ``report.budget_series`` items,
+    :func:`regbench.report.budget.check_series`) are unique and not one of :data:`RESERVED_NAMES`; a table has exactly one of
     ``methods`` / ``auxiliary`` and ``reference`` only with ``methods`` and among them; a figure has a known
     ``kind`` with ``metric`` (bar) or ``metrics`` (box) and ``labels`` as long as ``methods``; every method
     id is declared in ``exp["methods"]`` and every auxiliary id in ``exp["auxiliary"]`` (when the experiment
@@ -169,13 +170,17 @@ def check_extras(exp: Mapping[str, Any]) -> None:
             raise ConfigError(f"{where}: a bar figure needs 'metric' (one column, e.g. ssim_clean)")
         if kind == "box" and not f.get("metrics"):
             raise ConfigError(f"{where}: a box figure needs 'metrics' (a list of columns)")
+    from . import budget
+
+    budget.check_series(exp, {**seen, **dict.fromkeys(RESERVED_NAMES, "the main outputs")})
 
 
 def extra_outputs(exp: Mapping[str, Any]) -> list[str]:
     """File names, relative to ``results/<experiment>/``, of every extra table and figure of ``exp``.
 
     Tables give ``<name>.md``, ``<name>.csv``, ``<name>.tex``; figures ``<name>.png``, ``<name>.pdf``; in
-    config order, tables first. ``[]`` when the report block has neither ``tables`` nor ``figures``.
+    config order, tables first, then figures, then the ``report.budget_series`` items
+    (:func:`regbench.report.budget.outputs`). ``[]`` when the report block has neither ``tables`` nor ``figures``.
 
     Raises:
         ConfigError: see :func:`check_extras`.
@@ -183,7 +188,9 @@ def extra_outputs(exp: Mapping[str, Any]) -> list[str]:
     check_extras(exp)
     out = [f"{t['name']}.{ext}" for t in _items(exp, "tables") for ext in TABLE_SUFFIXES]
     out += [f"{f['name']}.{ext}" for f in _items(exp, "figures") for ext in FIGURE_SUFFIXES]
-    return out
+    from . import budget
+
+    return out + budget.outputs(exp)
 
 
 # ----------------------------------------------------------------------------------------------------------
