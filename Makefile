@@ -40,6 +40,7 @@ report: $(STAMP)
 	$(BIN)/regbench report --config config/demo.yaml --out-dir results/demo
 	$(BIN)/regbench report --config config/papers/he2022.yaml --out-dir results/he2022
 	$(BIN)/regbench report --config config/papers/he2022_long.yaml --out-dir results/he2022_long
+	$(BIN)/regbench report --config config/papers/he2022_4k.yaml --out-dir results/he2022_4k
 
 clean-demo:
 	rm -rf data/prep/demo work/demo logs/demo benchmarks/demo

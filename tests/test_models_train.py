@@ -164,6 +164,25 @@ def test_inference_size_upsamples_the_field(tiny_prepared, tmp_path):
     assert np.allclose(ddf, expected, atol=1e-5)
     assert np.allclose(expected.mean(axis=(1, 2)), 2 * small[0].numpy().mean(axis=(1, 2)), atol=1e-4)
     assert np.abs(expected).max() > 0  # a real field, not the trivial zero one
+    # JAC on the network's own 16x16 grid is recorded, and evaluation carries it per pair
+    from regbench.evaluate import evaluate_method
+    from regbench.metrics import jacobian_stats
+
+    assert row["folding_count_native"] == jacobian_stats(small[0])["folding_count"]
+    out = evaluate_method(tiny_prepared, tmp_path / "reg", tmp_path / "m.tsv", "tiny", "m", "M", 0,
+                          {1: "a", 2: "b"}, "img")
+    ev = pd.read_csv(out, sep="\t")
+    first = ev.groupby("pair_id", sort=False)["folding_count_native"].first()
+    assert first.iloc[0] == row["folding_count_native"]
+
+
+def test_native_folding_counts_a_field_of_the_evaluation_grid_once():
+    """A method that predicts on the evaluation grid has no separate native count: it is folding_count."""
+    from regbench.evaluate import _native_folding
+
+    assert _native_folding(pd.Series({"pair_id": "p"}), 12.0) == 12.0
+    assert _native_folding(pd.Series({"folding_count_native": float("nan")}), 12.0) == 12.0
+    assert _native_folding(pd.Series({"folding_count_native": 3.0}), 12.0) == 3.0
 
 
 def test_he2022_loss_terms_train_the_he2022_network(tiny_prepared, tmp_path):

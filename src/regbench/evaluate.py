@@ -5,7 +5,9 @@ columns documented in :mod:`regbench.metrics` and ``docs/metrics.md``. Where the
 ground-truth template-to-case field per case (column ``ddf`` in ``cases.tsv``, the synthetic demo), the pair's
 true DDF is derived with :func:`regbench.datasets.demo.true_pair_ddf` and TRE is measured over the fixed
 image's foreground (label > 0) voxels. A ``ssim_clean`` column of the registration table (methods with
-attention, He et al. 2022 Fig. 8) is carried over per pair.
+attention, He et al. 2022 Fig. 8) is carried over per pair. ``folding_count_native`` is the ``det J <= 0``
+count on the grid the method predicted its field on: the registration table's value for a network run at a
+smaller ``inference_size`` (e.g. 64 px for a 256 px test, He et al. 2022), else ``folding_count`` itself.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from .io import load_ddf, load_image
 from .utils import atomic_path, get_logger
 
 log = get_logger(__name__)
+
+
+def _native_folding(reg_row: pd.Series, folding_count: float) -> float:
+    """``det J <= 0`` count on the grid the method predicted its field on: the registration table's
+    ``folding_count_native`` (a network run at a smaller ``inference_size``) when present, else the count on
+    the evaluation grid (the field was predicted there)."""
+    v = reg_row.get("folding_count_native")
+    return float(v) if v is not None and pd.notna(v) else float(folding_count)
 
 
 def evaluate_method(
@@ -85,6 +95,7 @@ def evaluate_method(
                 "label_name": labels.get(int(row["label"]), labels.get(str(int(row["label"])), "")),
                 **row, "runtime_s": float(r["runtime_s"]), "device": r["device"],
                 **({"ssim_clean": float(r["ssim_clean"])} if "ssim_clean" in reg.columns else {}),
+                "folding_count_native": _native_folding(r, row["folding_count"]),
             })
     df = pd.DataFrame(rows)
     first = ["dataset", "method", "method_name", "fold", "pair_id", "fixed", "moving", "label", "label_name"]

@@ -6,7 +6,9 @@ Output folder layout (read by :mod:`regbench.evaluate` and the report):
 * ``<pair_id>_warped.nii.gz``: moving image warped linearly,
 * ``<pair_id>_warped_seg.nii.gz``: moving labels warped with nearest neighbour,
 * ``pairs.tsv``: ``pair_id, fixed, moving, ddf, warped, warped_seg, runtime_s, device`` (paths relative to
-  the folder), plus ``ssim_clean`` for a method with ``attention``. ``runtime_s`` is the wall time of the
+  the folder), plus ``ssim_clean`` for a method with ``attention`` and ``folding_count_native`` (number of
+  pixels/voxels with ``det J <= 0`` of the field on the network's own grid, before it is resized to the test
+  grid) for a learned method with an ``inference_size`` other than the test grid. ``runtime_s`` is the wall time of the
   registration itself per pair: one forward pass for a learned model (after a warm-up pass, CUDA
   synchronised; with ``attention`` the two segmenter passes are included), the ``ants.registration`` call
   for ANTs.
@@ -34,6 +36,7 @@ from .data import PreparedDataset, subsample_pairs
 from .errors import ConfigError, RegbenchError
 from .io import check_same_grid, save_ddf, save_image
 from .losses import SSIMLoss
+from .metrics import jacobian_stats
 from .train import load_trained
 from .utils import atomic_path, get_logger, select_device
 
@@ -43,9 +46,11 @@ _SSIM = SSIMLoss()  # He et al. 2022 Eq. 9-10 (Gaussian 11-tap window), used for
 
 
 def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
-                   inference_size=None, attention: torch.nn.Module | None = None):
+                   inference_size=None, attention: torch.nn.Module | None = None, return_native: bool = False):
     """One timed forward pass; returns ``(ddf on the input grid, seconds, (moving, fixed))``, the last being
-    the images the network registered.
+    the images the network registered. With ``return_native`` a fourth item is added: the field on the grid
+    the network predicted it on, ``(1, ndim, *inference_size)`` in voxels of that grid (the same tensor as
+    the first item when no resizing happened).
 
     With an ``attention`` segmenter both images are first multiplied by their attention masks (timed too), and
     the returned images are these attention-cleaned ones; otherwise they are the inputs.
@@ -63,12 +68,14 @@ def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Ten
             fixed = fixed * attention_mask(attention, fixed)
         if inference_size is not None and tuple(inference_size) != tuple(fixed.shape[2:]):
             small = [spatial.resize_image(x, inference_size) for x in (moving, fixed)]
-            ddf = spatial.resize_field(model(*small)["ddf"], fixed.shape[2:])
+            native = model(*small)["ddf"]
+            ddf = spatial.resize_field(native, fixed.shape[2:])
         else:
-            ddf = model(moving, fixed)["ddf"]
+            ddf = native = model(moving, fixed)["ddf"]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return ddf, time.perf_counter() - t0, (moving, fixed)
+    seconds = time.perf_counter() - t0
+    return (ddf, seconds, (moving, fixed), native) if return_native else (ddf, seconds, (moving, fixed))
 
 
 def register_pairs(
@@ -136,8 +143,11 @@ def register_pairs(
             if not warmed:  # first call pays for kernel selection / allocation; not a per-pair cost
                 timed_forward(model, m, f, dev, inference_size, attention)
                 warmed = True
-            ddf_t, runtime, (m_in, f_in) = timed_forward(model, m, f, dev, inference_size, attention)
+            ddf_t, runtime, (m_in, f_in), native = timed_forward(model, m, f, dev, inference_size, attention,
+                                                                 return_native=True)
             ddf = ddf_t[0].float().cpu().numpy()
+            if native.shape[2:] != ddf_t.shape[2:]:  # JAC on the grid the network predicted on
+                extra["folding_count_native"] = jacobian_stats(native[0].float().cpu())["folding_count"]
             if attention is not None:  # m_in, f_in are the attention-cleaned images
                 with torch.no_grad():
                     extra["ssim_clean"] = 1.0 - float(_SSIM(f_in, spatial.warp(m_in, ddf_t)))

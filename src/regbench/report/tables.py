@@ -138,6 +138,7 @@ METRICS: dict[str, MetricInfo] = {
         _m("tre_std_px", "TRE SD (px)", False, 2),
         _m("folding_pct", "|J|≤0 (%)", False, 3),
         _m("folding_count", "|J|≤0 (count)", False, 1),
+        _m("folding_count_native", "|J|≤0 at the predicted grid (count)", False, 1),
         _m("sdlogj", "SDlogJ", False, 3),
         _m("cc", "CC", True, 3),
         _m("ssim_clean", "SSIM (attention-cleaned)", True, 3),
