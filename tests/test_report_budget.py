@@ -152,3 +152,19 @@ def test_runs_with_other_test_pairs_are_refused(tmp_path):
     _write_run(tmp_path, "cxr_1000", _rows("cxr_1000", pairs=other))
     with pytest.raises(DataError, match="different test pairs"):
         budget.load_runs(exp["report"]["budget_series"][0], exp, tables.per_pair(_rows("cxr_4000")), tmp_path)
+
+
+def test_cli_report_renders_the_series_from_sibling_results(tmp_path, monkeypatch, results):
+    """`regbench report --out-dir results/<exp>` finds the other runs under the out dir's parent."""
+    import json
+
+    from regbench import cli
+
+    monkeypatch.chdir(tmp_path)  # no work/ or data/ here: the qualitative panel is skipped
+    exp = _exp()
+    _write_run(results, "cxr_4000", _rows("cxr_4000"))
+    own = sorted(str(p) for p in (results / "cxr_4000" / "metrics").rglob("fold0.tsv"))
+    out = results / "cxr_4000"
+    assert cli.main(["report", "--spec", json.dumps(exp), "--out-dir", str(out), *own]) == 0
+    csv = pd.read_csv(out / "training_budget.csv", comment="#", index_col=0)
+    assert sorted(csv["steps"].unique()) == [300, 1000, 4000] and len(csv) == 2 * 2 * 3
