@@ -168,3 +168,27 @@ def test_cli_report_renders_the_series_from_sibling_results(tmp_path, monkeypatc
     assert cli.main(["report", "--spec", json.dumps(exp), "--out-dir", str(out), *own]) == 0
     csv = pd.read_csv(out / "training_budget.csv", comment="#", index_col=0)
     assert sorted(csv["steps"].unique()) == [300, 1000, 4000] and len(csv) == 2 * 2 * 3
+
+
+def test_training_curves(tmp_path, caplog):
+    """The figure is drawn from the runs' train_log.tsv; without logs the existing figure is kept."""
+    exp = _exp()
+    exp["report"]["training_curves"] = [{"name": "fig_training", "title": "Training", "methods": ["he2022"],
+                                         "terms": ["loss", "ce"], "window": 5}]
+    assert "fig_training.png" in extras.extra_outputs(exp)
+    models = tmp_path / "models"
+    out = tmp_path / "out"
+    assert budget.render_curves(exp, out, models, None) == []  # no logs: nothing written, a warning
+    assert "keeping the existing" in caplog.text
+    steps = np.arange(1, 101)
+    for d in DATASETS:
+        p = models / d / "he2022" / "fold0" / "train_log.tsv"
+        p.parent.mkdir(parents=True)
+        pd.DataFrame({"step": steps, "ce": 1 / steps, "ncc": -steps / 100, "loss": 1 / steps - steps / 100,
+                      "elapsed_s": steps * 0.1}).to_csv(p, sep="\t", index=False)
+    written = budget.render_curves(exp, out, models, "SCALED-DOWN RUN: test")
+    assert sorted(p.name for p in written) == ["fig_training.pdf", "fig_training.png"]
+    assert (out / "fig_training.png").stat().st_size > 10_000
+    exp["report"]["training_curves"][0]["methods"] = ["nope"]
+    with pytest.raises(ConfigError, match="not learned methods"):
+        extras.extra_outputs(exp)

@@ -20,7 +20,17 @@ Config (``report:`` block of the experiment that renders the series)::
           - {experiment: he2022_long, steps: 1000}
           - {experiment: he2022_4k, steps: 4000}
 
-Outputs per item: a table (rows dataset x method x steps; mean ± std over test pairs of each metric, the
+A second block, ``report.training_curves``, draws the training logs (``train_log.tsv``) of the experiment's own
+learned methods, so a reader can see whether a run was still improving, had converged or diverged::
+
+    training_curves:
+      - name: fig_training           # results/<experiment>/fig_training.{png,pdf}
+        title: "Training loss"
+        methods: [he2022, acregnet]
+        terms: [loss, ncc, ce]       # train_log.tsv columns (default: every loss column)
+        window: 50                   # moving average over this many steps (default 50)
+
+Outputs per budget-series item: a table (rows dataset x method x steps; mean ± std over test pairs of each metric, the
 paper's value from ``report.paper_values`` beside ours, ``n_pairs``, and a paired two-sided Wilcoxon
 signed-rank p of DSC against the previous budget on the same pairs) and a figure (one row per metric, one
 column per dataset; x = training steps on a log axis, mean ± std per method, the paper's value as a dashed
@@ -93,11 +103,27 @@ def check_series(exp: Mapping[str, Any], taken: Mapping[str, str] | None = None)
         steps = [r.get("steps") for r in runs]
         if not all(isinstance(s, int) and s > 0 for s in steps) or any(b <= a for a, b in itertools.pairwise(steps)):
             raise ConfigError(f"{where}: runs need positive integer steps in strictly ascending order; got {steps}")
+    for i, item in enumerate(curve_items(exp)):
+        where = f"report.training_curves[{i}] ({item.get('name', '?')!r})"
+        name = str(item.get("name") or "")
+        if not name or name in taken:
+            raise ConfigError(f"{where}: name {name!r} is empty or already used by {taken.get(name)}")
+        taken[name] = where
+        bad = [m for m in item.get("methods") or [] if m not in declared or declared[m].get("kind") != "learned"]
+        if declared and (bad or not item.get("methods")):
+            raise ConfigError(f"{where}: method id(s) {bad or '[]'} are not learned methods of this experiment")
+
+
+def curve_items(exp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``report.training_curves`` items of ``exp`` (``[]`` when absent)."""
+    return list((exp.get("report") or {}).get("training_curves") or [])
 
 
 def outputs(exp: Mapping[str, Any]) -> list[str]:
-    """File names, relative to ``results/<experiment>/``, of every budget series: ``<name>.{md,csv,tex,png,pdf}``."""
-    return [f"{it['name']}.{ext}" for it in items(exp) for ext in (*TABLE_SUFFIXES, *FIGURE_SUFFIXES)]
+    """File names, relative to ``results/<experiment>/``, of every budget series (``<name>.{md,csv,tex,png,pdf}``)
+    and every training-curve figure (``<name>.{png,pdf}``)."""
+    out = [f"{it['name']}.{ext}" for it in items(exp) for ext in (*TABLE_SUFFIXES, *FIGURE_SUFFIXES)]
+    return out + [f"{it['name']}.{ext}" for it in curve_items(exp) for ext in FIGURE_SUFFIXES]
 
 
 def input_files(exp: Mapping[str, Any], results_root: str | Path = "results") -> list[str]:
@@ -299,6 +325,79 @@ def series_figure(item: Mapping[str, Any], runs: pd.DataFrame, paper_values: Map
     bottom = _footer(fig, footer, height)
     fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0 - 0.6 / height))
     return fig
+
+
+def _moving_average(v: pd.Series, window: int) -> pd.Series:
+    return pd.to_numeric(v, errors="coerce").rolling(window, min_periods=1).mean()
+
+
+def training_curves_figure(item: Mapping[str, Any], logs: Mapping[tuple[str, str], pd.DataFrame],
+                           names: Mapping[str, str], footer: str | None = None) -> Figure:
+    """Training curves: one row per method, one column per dataset; x = step, y = moving averages.
+
+    Args:
+        item: a ``report.training_curves`` item (``methods``, optional ``terms``, ``window``, ``title``).
+        logs: ``{(dataset, method id): train_log.tsv as a DataFrame}`` (columns ``step``, the loss terms
+            unweighted as logged, ``loss`` = the weighted total, ``elapsed_s``).
+        names: method id -> display name.
+        footer: the SCALED-DOWN line printed under the panels.
+    """
+    import seaborn as sns
+
+    from .extras import _footer
+    from .figures import _new_figure
+
+    window = int(item.get("window", 50))
+    methods = [str(m) for m in item["methods"]]
+    datasets = list(dict.fromkeys(d for d, _ in logs))
+    height = 2.6 * len(methods) + 0.9
+    fig = _new_figure(3.8 * max(1, len(datasets)) + 0.4, height)
+    axes = fig.subplots(len(methods), max(1, len(datasets)), squeeze=False)
+    for r, m in enumerate(methods):
+        for c, d in enumerate(datasets):
+            ax = axes[r, c]
+            log_df = logs.get((d, m))
+            if log_df is None:
+                ax.text(0.5, 0.5, "no training log", ha="center", va="center", transform=ax.transAxes, color="0.4")
+                continue
+            terms = [t for t in (item.get("terms") or [c for c in log_df.columns if c not in ("step", "elapsed_s")])
+                     if t in log_df.columns]
+            colors = dict(zip(terms, sns.color_palette("tab10", len(terms))))
+            for t in terms:
+                ax.plot(log_df["step"], _moving_average(log_df[t], window), lw=1.2 if t == "loss" else 0.9,
+                        color="black" if t == "loss" else colors[t], label=t)
+            ax.set_title(f"{d}: {names.get(m, m)}", fontsize=9)
+            ax.set_xlabel("training step" if r == len(methods) - 1 else "")
+            ax.set_ylabel(f"moving average ({window} steps)" if c == 0 else "")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper right", ncol=len(terms))
+    fig.suptitle(item.get("title", ""), fontsize=10, y=1.0 - 0.08 / height, va="top")
+    bottom = _footer(fig, footer, height)
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0 - 0.45 / height))
+    return fig
+
+
+def render_curves(exp: Mapping[str, Any], out_dir: Path, models_root: Path, footer: str | None) -> list[Path]:
+    """Write every ``report.training_curves`` figure from ``<models_root>/<dataset>/<method>/fold<k>/train_log.tsv``
+    (first fold of each dataset). When no log is present (a reviewer regenerating tables from committed
+    metrics without ``work/``) the existing figure is kept and a warning is logged."""
+    from . import figures
+
+    written: list[Path] = []
+    names = {m: str(v.get("name", m)) for m, v in (exp.get("methods") or {}).items()}
+    for item in curve_items(exp):
+        logs = {}
+        for d, dcfg in exp["datasets"].items():
+            for m in item["methods"]:
+                p = Path(models_root) / d / m / f"fold{dcfg['folds'][0]}" / "train_log.tsv"
+                if p.is_file():
+                    logs[(d, m)] = pd.read_csv(p, sep="\t")
+        if not logs:
+            log.warning("no training logs under %s; keeping the existing %s figure", models_root, item["name"])
+            continue
+        fig = training_curves_figure(item, logs, names, footer)
+        written += figures.save_figure(fig, Path(out_dir) / item["name"]).values()
+    return written
 
 
 def render_series(exp: Mapping[str, Any], pairs: pd.DataFrame, out_dir: Path, prov: Mapping[str, Any] | None,

@@ -45,7 +45,7 @@ def _notes(exp: dict[str, Any]) -> list[str]:
 
 def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_dir: Path,
                       reg_root: Path | None = None, prep_root: Path | None = None,
-                      aux_metrics_paths: Sequence[Path] = ()) -> list[Path]:
+                      aux_metrics_paths: Sequence[Path] = (), models_root: Path | None = None) -> list[Path]:
     """Write every table and figure of ``exp`` from its metrics TSVs; return the written paths.
 
     Args:
@@ -57,6 +57,8 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
             missing (a reviewer regenerating tables from committed metrics), the existing panel is kept.
         aux_metrics_paths: aux metrics TSVs of the auxiliary networks (:func:`tables.load_aux_metrics`),
             needed only by ``report.tables`` items with ``auxiliary``; default none.
+        models_root: root of the training runs (default ``work/<experiment>/models``), read for the
+            ``report.training_curves`` figures; without logs the existing figures are kept.
 
     Raises:
         DataError: a metrics or aux metrics file is missing or empty (from :func:`tables.load_metrics` /
@@ -120,6 +122,8 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
         log.warning("registration outputs under %s are absent; keeping the existing qualitative figure", reg_root)
     written += extras.render_extras(exp, pairs, aux, out_dir, prov, notes)
     written += budget.render_series(exp, pairs, out_dir, prov, notes)
+    written += budget.render_curves(exp, out_dir, models_root or Path("work") / name / "models",
+                                    extras.scale_line(notes, prov))
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     log.info("wrote %d report files to %s", len(written), out_dir)
     return written
