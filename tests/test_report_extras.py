@@ -157,7 +157,9 @@ def test_ssim_clean_kept_per_pair_and_summarised(labels_df, pairs):
 def test_method_table_matches_data_and_paper(tmp_path, exp, labels_df, pairs, prov):
     exp["report"]["figures"] = []
     exp["report"]["tables"] = [t for t in exp["report"]["tables"] if "methods" in t]
+    exp["report"]["notes"] = ["Run-specific remark,\n  folded in the YAML."]
     notes = _notes(exp)
+    assert notes[-1] == "Run-specific remark, folded in the YAML."
     paths = extras.render_extras(exp, pairs, None, tmp_path, prov, notes)
     assert sorted(p.name for p in paths) == ["table4_attention.csv", "table4_attention.md", "table4_attention.tex"]
     md = (tmp_path / "table4_attention.md").read_text()
@@ -168,6 +170,7 @@ def test_method_table_matches_data_and_paper(tmp_path, exp, labels_df, pairs, pr
             mean, std = _expected_pair_means(labels_df, d, m, "dsc")
             assert f"{mean:.3f} ± {std:.3f}" in md
     assert "w/o SSIM loss" not in md  # restricted to the listed methods
+    assert "- Run-specific remark, folded in the YAML." in md
     lines = [ln for ln in md.splitlines() if ln.startswith("| He et al. 2022")]
     assert len(lines) == 4 and "w/o attention" in lines[0] and "w/o attention" not in lines[1]  # listed order
     assert "(ref.)" in md and "<0.001" in md  # 12/12 pairs better: exact two-sided p = 2 / 2**12

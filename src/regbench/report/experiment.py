@@ -40,6 +40,7 @@ def _notes(exp: dict[str, Any]) -> list[str]:
         parts = [", ".join(f"{k}={v}" for k, v in knobs.items()), (exp.get("scale") or {}).get("note") or ""]
         notes.append("SCALED-DOWN RUN (not the paper protocol): " + ". ".join(p for p in parts if p))
     notes.append(tables.PAIR_STATS_NOTE)
+    notes += [" ".join(str(n).split()) for n in (exp.get("report") or {}).get("notes") or []]
     return notes
 
 
