@@ -213,3 +213,34 @@ def test_tv_in_normalized_units_scales_by_grid_size():
     assert 2 / 63 < float(norm / px) < 2 / 31
     with pytest.raises(ValueError, match="field_unit"):
         Diffusion("l1", field_unit="mm")
+
+
+def test_gradient_norm_is_logged_and_clipped(tiny_prepared, tmp_path):
+    """train.clip_grad_norm bounds the global gradient norm of every step; the log keeps the norm before it."""
+    import copy
+
+    import regbench.train as T
+
+    method = copy.deepcopy(METHOD)
+    method["train"] = {**method["train"], "steps": 3, "checkpoint_every": 3}
+    train(tiny_prepared, tmp_path / "free", method, 0, 0, "img", [1, 2], device="cpu")
+    free = pd.read_csv(tmp_path / "free" / "train_log.tsv", sep="\t")
+    assert (free["grad_norm"] > 0).all()
+    tiny = float(free["grad_norm"].min()) / 10
+    method["train"]["clip_grad_norm"] = tiny
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):  # the norm that reaches the optimiser
+        seen.append(float(torch.norm(torch.stack([p.grad.norm() for g in self.param_groups for p in g["params"]
+                                                  if p.grad is not None]))))
+        return real_step(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        T.train(tiny_prepared, tmp_path / "clip", method, 0, 0, "img", [1, 2], device="cpu")
+    finally:
+        torch.optim.Adam.step = real_step
+    clipped = pd.read_csv(tmp_path / "clip" / "train_log.tsv", sep="\t")
+    assert clipped["grad_norm"].iloc[0] == pytest.approx(free["grad_norm"].iloc[0], rel=1e-5)  # same first step
+    assert len(seen) == 3 and max(seen) <= tiny * (1 + 1e-4)

@@ -135,12 +135,14 @@ def run_training_loop(
     every: int,
     step_fn: Callable[[], tuple[torch.Tensor, dict[str, float]]],
     desc: str,
+    clip_grad_norm: float | None = None,
 ) -> list[dict[str, float]]:
     """Optimise ``model`` for ``steps`` steps of ``step_fn`` with atomic checkpoints and resume.
 
     ``step_fn()`` draws its own batch (from ``rng``) and returns ``(total loss, {term: value})``. The loop
-    zeroes gradients, back-propagates, steps ``opt``, logs every row (``step``, the terms, ``loss``,
-    ``elapsed_s``) and every ``every`` steps (and at the end) writes ``out_dir/checkpoint.pt`` (model,
+    zeroes gradients, back-propagates, clips the global gradient norm to ``clip_grad_norm`` when given
+    (:func:`torch.nn.utils.clip_grad_norm_`), steps ``opt``, logs every row (``step``, the terms, ``loss``,
+    ``grad_norm`` = the global L2 norm of the gradient before clipping, ``elapsed_s``) and every ``every`` steps (and at the end) writes ``out_dir/checkpoint.pt`` (model,
     optimiser, step, numpy and torch RNG states, ``spec_hash``, elapsed seconds) and ``train_log.tsv``
     atomically. A checkpoint with the same ``spec_hash`` is resumed from; one written for another spec is
     ignored with a warning. Returns all log rows (resumed ones included).
@@ -180,9 +182,11 @@ def run_training_loop(
         total, terms = step_fn()
         opt.zero_grad(set_to_none=True)
         total.backward()
+        max_norm = float("inf") if clip_grad_norm is None else float(clip_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         opt.step()
         step += 1
-        row = {"step": step, **terms, "loss": float(total.detach()),
+        row = {"step": step, **terms, "loss": float(total.detach()), "grad_norm": grad_norm,
                "elapsed_s": elapsed_before + time.perf_counter() - t0}
         rows.append(row)
         bar.update(1)
@@ -293,7 +297,7 @@ def train(
         return total, row
 
     rows = run_training_loop(out_dir, model, opt, rng, spec_hash, steps, every, step_fn,
-                             desc=f"train {method.get('name')} fold{fold}")
+                             desc=f"train {method.get('name')} fold{fold}", clip_grad_norm=tcfg.get("clip_grad_norm"))
 
     n_params = count_parameters(model)
     model_path = out_dir / "model.pt"
