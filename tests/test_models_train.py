@@ -215,7 +215,7 @@ def test_tv_in_normalized_units_scales_by_grid_size():
         Diffusion("l1", field_unit="mm")
 
 
-def test_gradient_norm_is_logged_and_clipped(tiny_prepared, tmp_path):
+def test_gradient_norm_is_logged_and_clipped(tiny_prepared, tmp_path, monkeypatch):
     """train.clip_grad_norm bounds the global gradient norm of every step; the log keeps the norm before it."""
     import copy
 
@@ -236,11 +236,8 @@ def test_gradient_norm_is_logged_and_clipped(tiny_prepared, tmp_path):
                                                   if p.grad is not None]))))
         return real_step(self, *a, **k)
 
-    torch.optim.Adam.step = spy
-    try:
-        T.train(tiny_prepared, tmp_path / "clip", method, 0, 0, "img", [1, 2], device="cpu")
-    finally:
-        torch.optim.Adam.step = real_step
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    T.train(tiny_prepared, tmp_path / "clip", method, 0, 0, "img", [1, 2], device="cpu")
     clipped = pd.read_csv(tmp_path / "clip" / "train_log.tsv", sep="\t")
     assert clipped["grad_norm"].iloc[0] == pytest.approx(free["grad_norm"].iloc[0], rel=1e-5)  # same first step
     assert len(seen) == 3 and max(seen) <= tiny * (1 + 1e-4)

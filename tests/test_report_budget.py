@@ -123,6 +123,8 @@ def test_series_table_values_and_tests(results):
             assert np.allclose(np.diff(means), [0.05, 0.03], atol=0.004)
             assert np.isnan(sub["p_prev"].iloc[0]) and (sub["p_prev"].iloc[1:] < 0.001).all()
     jsrt = table[table["Dataset"] == "jsrt"]
+    assert list(jsrt[budget.STEPS]) == [300, 1000, 4000] * 2  # display rows carry their own budget
+    assert list(jsrt[budget.P_PREV])[:3] == ["—", "<0.001", "<0.001"]
     assert (jsrt.loc[jsrt.index.str.startswith("He et al."), "DSC ↑ (paper)"] == "0.970 ± 0.005").all()
     assert (jsrt.loc[jsrt.index.str.startswith("AC-RegNet"), "DSC ↑ (paper)"] == "—").all()
 

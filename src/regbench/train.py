@@ -142,8 +142,8 @@ def run_training_loop(
     ``step_fn()`` draws its own batch (from ``rng``) and returns ``(total loss, {term: value})``. The loop
     zeroes gradients, back-propagates, clips the global gradient norm to ``clip_grad_norm`` when given
     (:func:`torch.nn.utils.clip_grad_norm_`), steps ``opt``, logs every row (``step``, the terms, ``loss``,
-    ``grad_norm`` = the global L2 norm of the gradient before clipping, ``elapsed_s``) and every ``every`` steps (and at the end) writes ``out_dir/checkpoint.pt`` (model,
-    optimiser, step, numpy and torch RNG states, ``spec_hash``, elapsed seconds) and ``train_log.tsv``
+    ``grad_norm`` = the global L2 norm of the gradient before clipping, ``elapsed_s``) and every ``every``
+    steps (and at the end) writes ``out_dir/checkpoint.pt`` (model, optimiser, step, numpy and torch RNG states, ``spec_hash``, elapsed seconds) and ``train_log.tsv``
     atomically. A checkpoint with the same ``spec_hash`` is resumed from; one written for another spec is
     ignored with a warning. Returns all log rows (resumed ones included).
     """

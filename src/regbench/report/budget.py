@@ -50,14 +50,13 @@ import pandas as pd
 from ..errors import ConfigError, DataError
 from ..utils import get_logger
 from . import tables
+from .extras import FIGURE_SUFFIXES, TABLE_SUFFIXES, _footer, scale_line
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = get_logger(__name__)
 
-TABLE_SUFFIXES = ("md", "csv", "tex")
-FIGURE_SUFFIXES = ("png", "pdf")
 STEPS = "Training steps"
 P_PREV = "p vs previous budget (Wilcoxon, DSC)"
 
@@ -195,10 +194,6 @@ def load_runs(item: Mapping[str, Any], exp: Mapping[str, Any], pairs: pd.DataFra
     return out
 
 
-def _label(name: str, steps: int) -> str:
-    return f"{name}, {steps} steps"
-
-
 def series_table(item: Mapping[str, Any], runs: pd.DataFrame,
                  paper_values: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Display table of a series: per dataset, rows method x steps (ascending), see the module docstring.
@@ -228,16 +223,16 @@ def series_table(item: Mapping[str, Any], runs: pd.DataFrame,
             prev = None
             for steps in sorted(dm["steps"].unique()):
                 key = f"{m}@{steps}"
-                cur = dm[dm["steps"] == steps].assign(method=key, method_name=_label(name, int(steps)))
+                cur = dm[dm["steps"] == steps].assign(method=key, method_name=f"{name}, {int(steps)} steps")
                 rows.append(cur)
-                steps_of[_label(name, int(steps))] = steps_of[key] = int(steps)
+                steps_of[key] = int(steps)
                 if m in (paper_values.get(dataset) or {}):
                     paper[key] = paper_values[dataset][m]
                 if prev is not None:
                     a = prev.set_index(["fold", "fixed", "moving"])["dsc"]
                     b = cur.set_index(["fold", "fixed", "moving"])["dsc"].reindex(a.index)
                     ok = a.notna() & b.notna()
-                    p_prev[_label(name, int(steps))] = p_prev[key] = tables._wilcoxon_p(
+                    p_prev[key] = tables._wilcoxon_p(
                         b[ok].to_numpy(float), a[ok].to_numpy(float), 5)
                 prev = cur
         if not rows:
@@ -248,11 +243,12 @@ def series_table(item: Mapping[str, Any], runs: pd.DataFrame,
             t = tables.summary_table(sub, item["metrics"], method_order=order, paper_values=paper)
         except KeyError as exc:
             raise ConfigError(f"budget series {item['name']!r}: dataset {dataset!r}: {exc.args[0]}") from exc
-        numeric = tables.numeric_table(t)
-        t.insert(0, STEPS, [steps_of.get(str(i), "") for i in t.index])
-        t[P_PREV] = [tables._fmt_p(p_prev[i]) if i in p_prev else tables.DASH for i in map(str, t.index)]
-        numeric.insert(0, "steps", [steps_of.get(str(i)) for i in numeric.index])
-        numeric["p_prev"] = [p_prev.get(str(i), math.nan) for i in numeric.index]
+        numeric = tables.numeric_table(t)  # indexed by the ids (``order``), row-aligned with the display table
+        ids = [str(i) for i in numeric.index]
+        t.insert(0, STEPS, [steps_of[i] for i in ids])
+        t[P_PREV] = [tables._fmt_p(p_prev[i]) if i in p_prev else tables.DASH for i in ids]
+        numeric.insert(0, "steps", [steps_of[i] for i in ids])
+        numeric["p_prev"] = [p_prev.get(i, math.nan) for i in ids]
         t.attrs["numeric"] = numeric.to_dict(orient="tight")
         out.append((dataset, t))
     if not out:
@@ -273,7 +269,6 @@ def series_figure(item: Mapping[str, Any], runs: pd.DataFrame, paper_values: Map
     """
     import seaborn as sns
 
-    from .extras import _footer
     from .figures import _new_figure
 
     paper_values = paper_values or {}
@@ -297,15 +292,13 @@ def series_figure(item: Mapping[str, Any], runs: pd.DataFrame, paper_values: Map
                 dm = d[d["method"].astype(str) == m]
                 if dm.empty:
                     continue
-                g = dm.groupby("steps")[col].agg(lambda v: pd.to_numeric(v, errors="coerce").mean())
-                s = dm.groupby("steps")[col].agg(lambda v: pd.to_numeric(v, errors="coerce").std(ddof=1))
+                stats = pd.to_numeric(dm[col], errors="coerce").groupby(dm["steps"]).agg(["mean", "std"])
                 # tiny horizontal offsets so the error bars of two methods do not overlap
-                x = g.index.to_numpy(float) * (1.0 + 0.04 * (k - (len(methods) - 1) / 2))
-                ax.errorbar(x, g.to_numpy(float), yerr=s.to_numpy(float), marker="o", ms=4, capsize=3,
-                            color=colors[m], label=str(dm["method_name"].iloc[0]))
-                entry = (paper_values.get(dataset) or {}).get(m) or {}
-                value = tables._paper_lookup({m: entry}, m, m, metric, col) if entry else None
-                _, pmean, _ = tables._parse_paper(value)
+                x = stats.index.to_numpy(float) * (1.0 + 0.04 * (k - (len(methods) - 1) / 2))
+                ax.errorbar(x, stats["mean"].to_numpy(float), yerr=stats["std"].to_numpy(float), marker="o", ms=4,
+                            capsize=3, color=colors[m], label=str(dm["method_name"].iloc[0]))
+                _, pmean, _ = tables._parse_paper(
+                    tables._paper_lookup(paper_values.get(dataset) or {}, m, m, metric, col))
                 if not math.isnan(pmean):
                     ax.axhline(pmean, color=colors[m], ls="--", lw=1.0, alpha=0.8,
                                label=f"{dm['method_name'].iloc[0]} (paper)")
@@ -344,7 +337,6 @@ def training_curves_figure(item: Mapping[str, Any], logs: Mapping[tuple[str, str
     """
     import seaborn as sns
 
-    from .extras import _footer
     from .figures import _new_figure
 
     window = int(item.get("window", 50))
@@ -416,7 +408,6 @@ def render_series(exp: Mapping[str, Any], pairs: pd.DataFrame, out_dir: Path, pr
         ConfigError, DataError: see :func:`check_series`, :func:`load_runs`, :func:`series_table`.
     """
     from . import figures
-    from .extras import scale_line
 
     check_series(exp)
     out_dir = Path(out_dir)

@@ -13,7 +13,8 @@ Files (names fixed; the Snakemake ``report`` rule lists them):
   ablation tables and figures (He et al. 2022, Tables 2-4, Figs. 8-9), see :mod:`regbench.report.extras`
   (file list: :func:`regbench.report.extras.extra_outputs`);
 * ``<name>.{md,csv,tex,png,pdf}`` per ``report.budget_series`` item: test metrics vs training steps across
-  experiments that differ only in their step cap, see :mod:`regbench.report.budget`.
+  experiments that differ only in their step cap, and ``<name>.{png,pdf}`` per ``report.training_curves``
+  item: the learned methods' training logs, see :mod:`regbench.report.budget`.
 
 With several datasets in one experiment, each dataset's rows are tabled separately (``table.md`` holds all
 of them, one block per dataset, with a ``Dataset`` column).

@@ -100,7 +100,7 @@ def _where(key: str, i: int, item: Mapping[str, Any]) -> str:
 def check_extras(exp: Mapping[str, Any]) -> None:
     """Check ``report.tables`` / ``report.figures`` beyond what the schema can express.
 
-    Checks: names (of tables, figures and ``report.budget_series`` items,
+    Checks: names (of tables, figures, ``report.budget_series`` and ``report.training_curves`` items,
     :func:`regbench.report.budget.check_series`) are unique and not one of :data:`RESERVED_NAMES`; a table has exactly one of
     ``methods`` / ``auxiliary`` and ``reference`` only with ``methods`` and among them; a figure has a known
     ``kind`` with ``metric`` (bar) or ``metrics`` (box) and ``labels`` as long as ``methods``; every method
@@ -179,8 +179,9 @@ def extra_outputs(exp: Mapping[str, Any]) -> list[str]:
     """File names, relative to ``results/<experiment>/``, of every extra table and figure of ``exp``.
 
     Tables give ``<name>.md``, ``<name>.csv``, ``<name>.tex``; figures ``<name>.png``, ``<name>.pdf``; in
-    config order, tables first, then figures, then the ``report.budget_series`` items
-    (:func:`regbench.report.budget.outputs`). ``[]`` when the report block has neither ``tables`` nor ``figures``.
+    config order, tables first, then figures, then the ``report.budget_series`` and
+    ``report.training_curves`` items (:func:`regbench.report.budget.outputs`). ``[]`` when the report block
+    has none of these.
 
     Raises:
         ConfigError: see :func:`check_extras`.
