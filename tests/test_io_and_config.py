@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from regbench.config import load_experiments, validate_experiment
+from regbench.config import load_experiments, resolve_extends, validate_experiment
 from regbench.errors import ConfigError, DataError, ShapeMismatchError
 from regbench.io import check_same_grid, load_ddf, load_image, save_ddf, save_image
 
@@ -105,3 +105,61 @@ def test_cross_reference_errors():
     cfg["report"]["reference"] = "voxelmorf"
     with pytest.raises(ConfigError, match="report.reference: unknown method 'voxelmorf'"):
         validate_experiment(cfg, "x.yaml")
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+
+
+def test_extends_deep_merges_and_drops(tmp_path):
+    base = copy.deepcopy(DEMO)
+    base["methods"]["voxelmorph"]["attention"] = "kept"  # a non-schema key, to see merging below train:
+    _write(tmp_path / "config" / "base.yaml", base)
+    child = {"extends": "config/base.yaml", "experiment": "variant", "scale": {"max_train_steps": 7},
+             "methods": {"voxelmorph": {"train": {"steps": 99}, "attention": None}},
+             "drop": ["methods.syn_cc", "report.qualitative_pair"]}
+    resolved = resolve_extends(child, "variant.yaml", tmp_path)
+    vm, vm0 = resolved["methods"]["voxelmorph"], base["methods"]["voxelmorph"]
+    assert resolved["experiment"] == "variant" and resolved["scale"]["max_train_steps"] == 7
+    assert vm["train"]["steps"] == 99 and vm["train"]["lr"] == vm0["train"]["lr"]       # merged, not replaced
+    assert vm["train"]["losses"] == vm0["train"]["losses"]
+    assert vm["attention"] is None                                                        # null replaces
+    assert "syn_cc" not in resolved["methods"] and "syn_cc" in base["methods"]            # base untouched
+    assert "qualitative_pair" not in resolved["report"] and "extends" not in resolved and "drop" not in resolved
+    assert list(resolved["methods"]) == [m for m in base["methods"] if m != "syn_cc"]     # base order kept
+
+
+@pytest.mark.parametrize("child, match", [
+    ({"extends": "config/missing.yaml", "experiment": "v"}, r"v\.yaml: extends: 'config/missing\.yaml': no such file"),
+    ({"extends": "config/base.yaml"}, r"v\.yaml: extends 'config/base\.yaml' but sets no `experiment:`"),
+    ({"extends": "config/base.yaml", "experiment": "v", "drop": ["methods.nope"]},
+     r"v\.yaml: drop: 'methods\.nope': no key 'methods\.nope' to drop \(after extending 'config/base\.yaml'\)"),
+    ({"extends": "config/base.yaml", "experiment": "v", "drop": "methods"}, r"drop: must be a list"),
+])
+def test_extends_errors_name_the_file_and_key(tmp_path, child, match):
+    _write(tmp_path / "config" / "base.yaml", DEMO)
+    with pytest.raises(ConfigError, match=match):
+        resolve_extends(child, "v.yaml", tmp_path)
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    _write(tmp_path / "config" / "a.yaml", {"extends": "config/b.yaml", "experiment": "a"})
+    _write(tmp_path / "config" / "b.yaml", {"extends": "config/a.yaml", "experiment": "b"})
+    with pytest.raises(ConfigError, match=r"circular `extends`: .*config/a\.yaml -> config/b\.yaml -> config/a\.yaml"):
+        load_experiments({"experiments": ["config/a.yaml"]}, base=tmp_path)
+
+
+def test_he2022_variants_differ_from_their_base_only_where_they_say():
+    """The chest X-ray budget variants extend he2022_long: same data, auxiliary networks and losses."""
+    exps = load_experiments(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), base=REPO)
+    long, k4, clip, clip8k = (exps[n] for n in ("he2022_long", "he2022_4k", "he2022_clip", "he2022_clip8k"))
+    for e in (k4, clip):
+        assert e["datasets"] == long["datasets"] and e["auxiliary"] == long["auxiliary"]
+        for m in ("acregnet", "he2022"):
+            assert e["methods"][m]["train"]["losses"] == long["methods"][m]["train"]["losses"]
+            assert e["methods"][m]["train"]["steps"] == 4000
+    assert "clip_grad_norm" not in k4["methods"]["he2022"]["train"]
+    assert clip["methods"]["he2022"]["train"]["clip_grad_norm"] == 1.0 and "notes" not in clip["report"]
+    assert list(clip8k["datasets"]) == ["montgomery"] and list(clip8k["methods"]) == ["before", "he2022"]
+    assert {**clip8k["methods"]["he2022"]["train"], "steps": 4000} == clip["methods"]["he2022"]["train"]

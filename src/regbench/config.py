@@ -4,6 +4,11 @@ A top-level config is either a list of experiment files (``experiments: [config/
 ``config/config.yaml``) or one experiment inline (``config/demo.yaml``). Each experiment is validated
 against ``workflow/schemas/experiment.schema.yaml``; a violation raises :class:`ConfigError` naming the file
 and the key path.
+
+An experiment file may build on another with ``extends: <path from the repository root>`` (resolved by
+:func:`resolve_extends` before validation): the file is deep-merged over its base (mappings merge key by key,
+any other value replaces the base's), then the dotted key paths listed in ``drop:`` are removed. Variants of
+one experiment (another step budget, an optimiser setting) thereby state only what differs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,71 @@ from typing import Any
 
 from .datasets.registry import load_yaml, schema_path, validate_config
 from .errors import ConfigError
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    """``over`` merged onto ``base``: mappings merge recursively; lists, scalars and ``null`` replace."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def resolve_extends(exp: dict[str, Any], source: str, base: str | Path = ".",
+                    _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Resolve an experiment's ``extends:`` chain and its ``drop:`` list; return a new dict without either key.
+
+    Args:
+        exp: the experiment mapping as read from YAML.
+        source: its file name, for error messages.
+        base: directory that ``extends`` paths are relative to (the repository root).
+
+    Semantics: the base file is resolved first (it may extend another), ``exp`` is deep-merged over it
+    (mappings merge key by key; lists, scalars and ``null`` replace, so ``attention: null`` still means
+    "no attention"), then every ``drop`` entry, a dotted key path such as ``methods.acregnet`` or
+    ``report.paper_values.jsrt``, is deleted. ``experiment`` must be given by the extending file itself, so
+    a variant never silently reuses its base's result folder.
+
+    Raises:
+        ConfigError: the base file is missing or not a mapping, the chain is circular, a ``drop`` path does
+            not exist after the merge, or the extending file does not name its own ``experiment``.
+    """
+    if not isinstance(exp, dict):
+        raise ConfigError(f"{source}: an experiment must be a mapping, got {type(exp).__name__}")
+    parent = exp.get("extends")
+    drops = exp.get("drop", [])
+    if parent is None and not drops:
+        return {k: v for k, v in exp.items() if k not in ("extends", "drop")}
+    if not isinstance(drops, list) or not all(isinstance(d, str) and d for d in drops):
+        raise ConfigError(f"{source}: drop: must be a list of dotted key paths, got {drops!r}")
+    own = {k: v for k, v in exp.items() if k not in ("extends", "drop")}
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{source}: extends: must be a file path, got {parent!r}")
+        if "experiment" not in own:
+            raise ConfigError(f"{source}: extends {parent!r} but sets no `experiment:` name of its own")
+        if parent in _seen or parent == source:
+            raise ConfigError(f"{source}: circular `extends`: {' -> '.join((*_seen, source, parent))}")
+        path = Path(base) / parent
+        if not path.is_file():
+            raise ConfigError(f"{source}: extends: {parent!r}: no such file ({path})")
+        merged = _deep_merge(resolve_extends(load_yaml(path) or {}, parent, base, (*_seen, source)), own)
+    else:
+        merged = own
+    for dotted in drops:
+        node: Any = merged
+        keys = dotted.split(".")
+        for i, k in enumerate(keys):
+            if not isinstance(node, dict) or k not in node:
+                raise ConfigError(f"{source}: drop: {dotted!r}: no key {'.'.join(keys[:i + 1])!r} to drop"
+                                  + (f" (after extending {parent!r})" if parent else ""))
+            if i == len(keys) - 1:
+                del node[k]
+            else:
+                node = node[k]
+    return merged
 
 
 def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
@@ -67,6 +137,8 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
     An inline experiment (a config with ``experiment:``) wins over an ``experiments`` list, because
     Snakemake merges a ``--configfile`` over the Snakefile's default ``config/config.yaml``.
 
+    Files are resolved with :func:`resolve_extends` (``extends`` paths relative to ``base``), then validated.
+
     Raises:
         ConfigError: a listed file is missing or invalid, or two experiments share a name.
     """
@@ -74,13 +146,13 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
         # One experiment given with --configfile: Snakemake merges it over the default config/config.yaml,
         # whose `experiments` list is then not what the user asked for.
         inline = {k: v for k, v in config.items() if k != "experiments"}
-        exp = validate_experiment(inline, "config")
+        exp = validate_experiment(resolve_extends(inline, "config", base), "config")
         return {exp["experiment"]: exp}
     if "experiments" in config:
         out: dict[str, dict[str, Any]] = {}
         for entry in config["experiments"]:
             path = Path(base) / entry
-            exp = validate_experiment(load_yaml(path) or {}, str(entry))
+            exp = validate_experiment(resolve_extends(load_yaml(path) or {}, str(entry), base), str(entry))
             if exp["experiment"] in out:
                 raise ConfigError(f"{entry}: experiment name {exp['experiment']!r} is used twice")
             out[exp["experiment"]] = exp
