@@ -241,3 +241,34 @@ def test_gradient_norm_is_logged_and_clipped(tiny_prepared, tmp_path, monkeypatc
     clipped = pd.read_csv(tmp_path / "clip" / "train_log.tsv", sep="\t")
     assert clipped["grad_norm"].iloc[0] == pytest.approx(free["grad_norm"].iloc[0], rel=1e-5)  # same first step
     assert len(seen) == 3 and max(seen) <= tiny * (1 + 1e-4)
+
+
+def test_term_gradient_norms_are_logged_without_changing_the_path(tiny_prepared, tmp_path):
+    """train.log_term_grad_norms adds grad_norm_<term> columns: each the norm of that weighted term's gradient
+    alone (so a lone term's equals the total); the losses, total norms and the checkpoint's spec are unchanged."""
+    import copy
+
+    method = copy.deepcopy(METHOD)
+    method["train"] = {**method["train"], "steps": 3, "checkpoint_every": 3}
+    train(tiny_prepared, tmp_path / "plain", method, 0, 0, "img", [1, 2], device="cpu")
+    plain = pd.read_csv(tmp_path / "plain" / "train_log.tsv", sep="\t")
+    method["train"]["log_term_grad_norms"] = True
+    train(tiny_prepared, tmp_path / "diag", method, 0, 0, "img", [1, 2], device="cpu")
+    diag = pd.read_csv(tmp_path / "diag" / "train_log.tsv", sep="\t")
+    names = [t["name"] for t in method["train"]["losses"]]
+    assert len(names) >= 2
+    for n in names:
+        assert (diag[f"grad_norm_{n}"] > 0).all()
+        assert np.allclose(diag[n], plain[n], rtol=1e-5)
+    assert np.allclose(diag["grad_norm"], plain["grad_norm"], rtol=1e-5)
+    # the norms of a sum are bounded by the sum of the norms (triangle inequality), so none is free-floating
+    assert (diag["grad_norm"] <= diag[[f"grad_norm_{n}" for n in names]].sum(axis=1) * (1 + 1e-5)).all()
+    assert json.loads((tmp_path / "diag" / "train_info.json").read_text())["spec_hash"] == \
+        json.loads((tmp_path / "plain" / "train_info.json").read_text())["spec_hash"]
+
+    single = copy.deepcopy(METHOD)
+    single["train"] = {**single["train"], "steps": 1, "checkpoint_every": 1, "log_term_grad_norms": True,
+                       "losses": [single["train"]["losses"][0]]}
+    train(tiny_prepared, tmp_path / "single", single, 0, 0, "img", [1, 2], device="cpu")
+    one = pd.read_csv(tmp_path / "single" / "train_log.tsv", sep="\t")
+    assert one[f"grad_norm_{names[0]}"].iloc[0] == pytest.approx(one["grad_norm"].iloc[0], rel=1e-5)

@@ -113,15 +113,16 @@ def training_schedule(block: dict[str, Any], max_steps: int | None) -> tuple[dic
     """``(train block, steps, resume spec)`` of a method or auxiliary config ``block``.
 
     ``steps`` is ``train.steps`` (default 1000) capped by the ``max_steps`` scale knob. The resume spec is the
-    block without ``train.steps`` and ``train.checkpoint_every``: it goes into the checkpoint's spec hash, so
-    raising the number of steps resumes from the last checkpoint instead of starting afresh.
+    block without ``train.steps``, ``train.checkpoint_every`` and ``train.log_term_grad_norms`` (none of them
+    changes the optimisation path): it goes into the checkpoint's spec hash, so raising the number of steps
+    resumes from the last checkpoint instead of starting afresh.
     """
     tcfg = dict(block.get("train", {}))
     steps = int(tcfg.get("steps", 1000))
     if max_steps is not None:
         steps = min(steps, int(max_steps))
     resume = {k: v for k, v in block.items() if k != "train"}
-    resume["train"] = {k: v for k, v in tcfg.items() if k not in ("steps", "checkpoint_every")}
+    resume["train"] = {k: v for k, v in tcfg.items() if k not in ("steps", "checkpoint_every", "log_term_grad_norms")}
     return tcfg, steps, resume
 
 
@@ -229,6 +230,10 @@ def train(
         autoencoder_path: ``model.pt`` of a trained label auto-encoder, required by an ``ae`` loss term
             (method key ``autoencoder``; frozen, eval mode).
 
+    ``train.log_term_grad_norms: true`` (a diagnostic) adds a ``grad_norm_<term>`` column per loss term to the
+    training log: the global L2 norm of that weighted term's gradient alone (one extra backward pass per
+    term; the optimisation path is unchanged). ``bench/grad_spikes.py`` uses it.
+
     Raises:
         ConfigError: unknown model or loss term; an ``ae`` term without ``autoencoder_path``.
         DataError: missing prepared data.
@@ -262,6 +267,8 @@ def train(
                           "(set methods.<id>.autoencoder to an auxiliary network)")
     cache = _CaseCache(ds, modality, dev, seg, attention)
     rng = np.random.default_rng([seed, fold])
+    term_grad_norms = bool(tcfg.get("log_term_grad_norms", False))
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def step_fn() -> tuple[torch.Tensor, dict[str, float]]:
         idx = rng.integers(0, len(pairs), size=batch)
@@ -293,6 +300,10 @@ def train(
                 else:
                     value = module(fixed_onehot, warped_onehot)
             row[name] = float(value.detach())
+            if term_grad_norms:  # diagnostic: the global L2 norm of this term's weighted gradient alone
+                grads = torch.autograd.grad(weight * value, params, retain_graph=True, allow_unused=True)
+                row[f"grad_norm_{name}"] = float(torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None] or [value.new_zeros(())])))
             total = total + weight * value
         return total, row
 
