@@ -365,7 +365,9 @@ def training_curves_figure(item: Mapping[str, Any], logs: Mapping[tuple[str, str
             ax.legend(fontsize=7, loc="upper right", ncol=len(terms))
     fig.suptitle(item.get("title", ""), fontsize=10, y=1.0 - 0.08 / height, va="top")
     bottom = _footer(fig, footer, height)
-    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0 - 0.45 / height))
+    # absolute margins (inches): the title line on top, the footer below; small padding so that a single
+    # row of panels is not left floating between them
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0 - 0.3 / height), pad=0.6, h_pad=1.2)
     return fig
 
 
