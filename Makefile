@@ -41,6 +41,9 @@ report: $(STAMP)
 	$(BIN)/regbench report --config config/papers/he2022.yaml --out-dir results/he2022
 	$(BIN)/regbench report --config config/papers/he2022_long.yaml --out-dir results/he2022_long
 	$(BIN)/regbench report --config config/papers/he2022_4k.yaml --out-dir results/he2022_4k
+	$(BIN)/regbench report --config config/papers/he2022_clip.yaml --out-dir results/he2022_clip
+	$(BIN)/regbench report --config config/papers/he2022_clip8k.yaml --out-dir results/he2022_clip8k
+	$(BIN)/regbench report --config config/papers/he2022_celogits.yaml --out-dir results/he2022_celogits
 
 clean-demo:
 	rm -rf data/prep/demo work/demo logs/demo benchmarks/demo
