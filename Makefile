@@ -44,6 +44,9 @@ report: $(STAMP)
 	$(BIN)/regbench report --config config/papers/he2022_clip.yaml --out-dir results/he2022_clip
 	$(BIN)/regbench report --config config/papers/he2022_clip8k.yaml --out-dir results/he2022_clip8k
 	$(BIN)/regbench report --config config/papers/he2022_celogits.yaml --out-dir results/he2022_celogits
+	$(BIN)/regbench report --config config/papers/he2022_clip_allpairs.yaml --out-dir results/he2022_clip_allpairs
+	$(BIN)/regbench report --config config/papers/he2022_clip_allpairs_seed1.yaml --out-dir results/he2022_clip_allpairs_seed1
+	$(BIN)/regbench report --config config/papers/he2022_clip_allpairs_seed2.yaml --out-dir results/he2022_clip_allpairs_seed2
 
 clean-demo:
 	rm -rf data/prep/demo work/demo logs/demo benchmarks/demo
