@@ -36,17 +36,13 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 
 ## Regenerate result tables and figures from the saved metrics (no retraining).
+REPORT_CONFIGS := config/demo.yaml $(addprefix config/papers/,he2022.yaml he2022_long.yaml he2022_4k.yaml \
+	he2022_clip.yaml he2022_clip8k.yaml he2022_celogits.yaml he2022_clip_allpairs.yaml \
+	he2022_clip_allpairs_seed1.yaml he2022_clip_allpairs_seed2.yaml)
+
 report: $(STAMP)
-	$(BIN)/regbench report --config config/demo.yaml --out-dir results/demo
-	$(BIN)/regbench report --config config/papers/he2022.yaml --out-dir results/he2022
-	$(BIN)/regbench report --config config/papers/he2022_long.yaml --out-dir results/he2022_long
-	$(BIN)/regbench report --config config/papers/he2022_4k.yaml --out-dir results/he2022_4k
-	$(BIN)/regbench report --config config/papers/he2022_clip.yaml --out-dir results/he2022_clip
-	$(BIN)/regbench report --config config/papers/he2022_clip8k.yaml --out-dir results/he2022_clip8k
-	$(BIN)/regbench report --config config/papers/he2022_celogits.yaml --out-dir results/he2022_celogits
-	$(BIN)/regbench report --config config/papers/he2022_clip_allpairs.yaml --out-dir results/he2022_clip_allpairs
-	$(BIN)/regbench report --config config/papers/he2022_clip_allpairs_seed1.yaml --out-dir results/he2022_clip_allpairs_seed1
-	$(BIN)/regbench report --config config/papers/he2022_clip_allpairs_seed2.yaml --out-dir results/he2022_clip_allpairs_seed2
+	set -e; for c in $(REPORT_CONFIGS); do \
+		$(BIN)/regbench report --config $$c --out-dir results/$$(basename $$c .yaml); done
 
 clean-demo:
 	rm -rf data/prep/demo work/demo logs/demo benchmarks/demo

@@ -54,8 +54,6 @@ def resolve_extends(exp: dict[str, Any], source: str, base: str | Path = ".",
         raise ConfigError(f"{source}: an experiment must be a mapping, got {type(exp).__name__}")
     parent = exp.get("extends")
     drops = exp.get("drop", [])
-    if parent is None and not drops:
-        return {k: v for k, v in exp.items() if k not in ("extends", "drop")}
     if not isinstance(drops, list) or not all(isinstance(d, str) and d for d in drops):
         raise ConfigError(f"{source}: drop: must be a list of dotted key paths, got {drops!r}")
     own = {k: v for k, v in exp.items() if k not in ("extends", "drop")}

@@ -144,8 +144,8 @@ def run_training_loop(
     zeroes gradients, back-propagates, clips the global gradient norm to ``clip_grad_norm`` when given
     (:func:`torch.nn.utils.clip_grad_norm_`), steps ``opt``, logs every row (``step``, the terms, ``loss``,
     ``grad_norm`` = the global L2 norm of the gradient before clipping, ``elapsed_s``) and every ``every``
-    steps (and at the end) writes ``out_dir/checkpoint.pt`` (model, optimiser, step, numpy and torch RNG states, ``spec_hash``, elapsed seconds) and ``train_log.tsv``
-    atomically. A checkpoint with the same ``spec_hash`` is resumed from; one written for another spec is
+    steps (and at the end) writes ``out_dir/checkpoint.pt`` (model, optimiser, step, numpy and torch RNG
+    states, ``spec_hash``, elapsed seconds) and ``train_log.tsv`` atomically. A checkpoint with the same ``spec_hash`` is resumed from; one written for another spec is
     ignored with a warning. Returns all log rows (resumed ones included).
     """
     ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.tsv"
@@ -302,8 +302,7 @@ def train(
             row[name] = float(value.detach())
             if term_grad_norms:  # diagnostic: the global L2 norm of this term's weighted gradient alone
                 grads = torch.autograd.grad(weight * value, params, retain_graph=True, allow_unused=True)
-                row[f"grad_norm_{name}"] = float(torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None] or [value.new_zeros(())])))
+                row[f"grad_norm_{name}"] = float(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
             total = total + weight * value
         return total, row
 
