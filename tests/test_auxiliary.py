@@ -130,7 +130,7 @@ def test_training_cache_holds_attention_cleaned_images(trained_aux):
 def test_ae_term_without_autoencoder_is_a_config_error(tiny_prepared, tmp_path):
     method = copy.deepcopy(HE)
     method.pop("attention")
-    with pytest.raises(ConfigError, match="needs a trained auto-encoder"):
+    with pytest.raises(ConfigError, match=r"need components \[.autoencoder.\] that were not given"):
         train(tiny_prepared, tmp_path / "x", method, 0, 0, "img", [1, 2], device="cpu")
 
 

@@ -35,7 +35,7 @@ def test_he2022_training_waits_for_its_auxiliary_networks():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "--attention work/he2022/aux/jsrt/seg_contour/fold0/model.pt" in out
-    assert "--autoencoder work/he2022/aux/jsrt/ae_contour/fold0/model.pt" in out
+    assert "--component autoencoder=work/he2022/aux/jsrt/ae_contour/fold0/model.pt" in out
     assert "train_aux" in out and "seg_ce" not in out  # only the networks this method uses
 
 

@@ -14,7 +14,8 @@ on the training cases of the fold (the cases of its training pairs):
 
 Loss terms (``train.losses``, like the registration trainer): ``ce`` (cross-entropy) and ``ce_contour``
 (cross-entropy + ``weight_contour`` x contour loss, Eq. 2-4; He et al. use 1.75 for the segmenter and 2.0
-for the auto-encoder). Training uses :func:`regbench.train.run_training_loop` (checkpoints, resume, log).
+for the auto-encoder). Training uses :func:`regbench.engine.run_training_loop` (checkpoints, resume, log).
+This module imports the engine, never the registration trainer (which imports this module).
 
 :func:`evaluate_auxiliary` measures each network on the fold's test cases on the test grid (He et al.
 Tables 2-3): the segmenter's mask (predicted at its training size, see :func:`attention_mask`) and the
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from . import losses as L
 from . import metrics, spatial
 from .data import PreparedDataset
+from .engine import run_training_loop, training_schedule
 from .errors import ConfigError
 from .provenance import config_hash
 from .utils import (
@@ -134,7 +136,6 @@ def train_auxiliary(
         DataError: missing prepared data.
     """
     from .models.he2022 import swap_label_noise
-    from .train import run_training_loop, training_schedule
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

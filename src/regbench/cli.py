@@ -57,7 +57,18 @@ def cmd_train(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     train(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"], [int(x) for x in s["labels"]],
           device=s.get("device", "auto"), max_steps=s.get("max_steps"), seg=s.get("seg", "seg"),
-          attention_path=a.attention, autoencoder_path=a.autoencoder)
+          attention_path=a.attention, autoencoder_path=a.autoencoder, components=_components(a.component))
+
+
+def _components(items: list[str] | None) -> dict[str, str]:
+    """``--component role=path`` arguments as ``{role: path}``."""
+    out = {}
+    for item in items or []:
+        role, sep, path = item.partition("=")
+        if not sep or not role or not path:
+            raise RegbenchError(f"--component {item!r}: expected ROLE=PATH (e.g. autoencoder=work/.../model.pt)")
+        out[role] = path
+    return out
 
 
 def cmd_train_aux(a: argparse.Namespace) -> None:
@@ -177,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = stage("train", cmd_train, "train a learned method on one fold")
     s.add_argument("--autoencoder", default=None, help="model.pt of the label auto-encoder (ae term)")
     s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
+    s.add_argument("--component", action="append", default=None, metavar="ROLE=PATH",
+                   help="a frozen pre-trained component read by loss terms (repeatable)")
     s = stage("register", cmd_register, "register the test pairs of one fold")
     s.add_argument("--model", default=None, help="model.pt of a learned method")
     s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")

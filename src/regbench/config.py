@@ -20,6 +20,10 @@ from typing import Any
 from .datasets.registry import load_yaml, schema_path, validate_config
 from .errors import ConfigError
 
+#: loss terms that read a component, and the role they read by default (``Term.component_default`` in
+#: :mod:`regbench.terms`; kept here so that validating a config does not import torch; a test keeps the two equal)
+COMPONENT_TERMS = {"ae": "autoencoder", "adversarial": "critic", "critic_bce": "critic"}
+
 
 def _deep_merge(base: Any, over: Any) -> Any:
     """``over`` merged onto ``base``: mappings merge recursively; lists, scalars and ``null`` replace."""
@@ -116,9 +120,17 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
             if ref is not None and (ref not in aux or aux[ref]["kind"] != kind):
                 known = sorted(a for a, v in aux.items() if v["kind"] == kind)
                 raise ConfigError(f"{source}: methods.{mid}.{key}: {ref!r} is not an auxiliary {kind}; known: {known}")
-        names = [t.get("name") for t in m.get("train", {}).get("losses", [])]
-        if "ae" in names and not m.get("autoencoder"):
-            raise ConfigError(f"{source}: methods.{mid}: loss term 'ae' needs `autoencoder: <auxiliary id>`")
+        comps = method_components(m)
+        for role, ref in comps.items():
+            if ref not in aux and (ref not in methods or methods[ref]["kind"] != "learned" or ref == mid):
+                raise ConfigError(f"{source}: methods.{mid}.components.{role}: {ref!r} is neither an auxiliary "
+                                  f"network {sorted(aux)} nor another learned method")
+        critics = m.get("train", {}).get("critics") or {}
+        for t in m.get("train", {}).get("losses", []):
+            role = t.get("component", COMPONENT_TERMS.get(t["name"]))
+            if role is not None and role not in comps and role not in critics:
+                raise ConfigError(f"{source}: methods.{mid}: loss term {t.get('name')!r} needs component {role!r} "
+                                  "(`autoencoder: <auxiliary id>`, `components: {role: id}` or train.critics)")
     rep = exp["report"]
     for mid in rep.get("method_order", []) or []:
         if mid not in methods:
@@ -156,6 +168,16 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
             out[exp["experiment"]] = exp
         return out
     raise ConfigError("config: neither an `experiments` list nor an inline experiment (`experiment: <name>`)")
+
+
+def method_components(method: dict[str, Any]) -> dict[str, str]:
+    """``{role: id}`` of the frozen pre-trained components a method's training reads: its ``components``
+    mapping plus ``autoencoder`` (the short form of ``components: {autoencoder: id}``). An id names an
+    auxiliary network or another learned method of the experiment."""
+    comps = dict(method.get("components") or {})
+    if method.get("autoencoder"):
+        comps.setdefault("autoencoder", method["autoencoder"])
+    return comps
 
 
 def methods_for(exp: dict[str, Any], dataset: str) -> list[str]:

@@ -37,7 +37,7 @@ from .errors import ConfigError, RegbenchError
 from .io import check_same_grid, save_ddf, save_image
 from .losses import SSIMLoss
 from .metrics import jacobian_stats
-from .train import load_trained
+from .train import load_trained, pair_columns
 from .utils import atomic_path, get_logger, select_device
 
 log = get_logger(__name__)
@@ -84,7 +84,7 @@ def register_pairs(
     method: dict[str, Any],
     fold: int,
     seed: int,
-    modality: str,
+    modality: str | dict[str, str],
     device: str = "auto",
     model_path: str | Path | None = None,
     max_pairs: int | None = None,
@@ -98,6 +98,8 @@ def register_pairs(
             ``inference_size``: predict on that grid and upsample the field, e.g. ``[64, 64]`` for a network
             trained at 64 px and tested at 256 px; absent: run the network at the test size) or
             ``kind: classical`` with ``transform`` (see :data:`regbench.classical.TRANSFORMS`) and ``params``.
+        modality: ``cases.tsv`` image column, or ``{"fixed": column, "moving": column}`` for multi-modal
+            registration (:func:`regbench.train.pair_columns`); the warped image is the moving modality.
         max_pairs: scale knob; ``None`` registers all test pairs (the protocol).
         seg: ``cases.tsv`` column of the label maps warped along with the images.
         attention_path: the attention segmenter's ``model.pt`` for a method with ``attention``.
@@ -111,6 +113,7 @@ def register_pairs(
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = PreparedDataset.open(prep_dir)
     pairs = subsample_pairs(ds.pairs_for(fold, "test"), max_pairs, seed)
+    columns = pair_columns(modality)
     kind = method.get("kind")
     if kind == "learned":
         if model_path is None:
@@ -134,7 +137,7 @@ def register_pairs(
     warmed = False
     for _, pair in tqdm(pairs.iterrows(), total=len(pairs), desc=f"register {method.get('name')} fold{fold}",
                         unit="pair", mininterval=2.0):
-        fixed, moving = ds.load(pair["fixed"], modality), ds.load(pair["moving"], modality)
+        fixed, moving = ds.load(pair["fixed"], columns["fixed"]), ds.load(pair["moving"], columns["moving"])
         check_same_grid(fixed, moving)
         extra: dict[str, float] = {}
         if model is not None:

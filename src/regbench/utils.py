@@ -24,6 +24,13 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -31,6 +38,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name keeps the final suffixes (``x.nii.gz`` -> ``.x.<rand>.tmp.nii.gz``) so that writers
     which infer the format from the extension (nibabel, SimpleITK, pandas) behave as for the final name.
     A failure inside the block removes the temporary file and leaves any existing ``path`` untouched.
+    The final file gets the permissions an ordinary ``open(path, "w")`` would give (``0o666`` less the
+    process umask), not the owner-only mode of ``tempfile.mkstemp``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +50,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

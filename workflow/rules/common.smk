@@ -3,7 +3,7 @@ import json
 import os
 import shlex
 
-from regbench.config import load_experiments, methods_for
+from regbench.config import load_experiments, method_components, methods_for
 from regbench.report.budget import input_files as budget_input_files
 
 EXPERIMENTS = load_experiments(config)
@@ -65,19 +65,35 @@ def train_inputs(w):
         "cases": f"data/prep/{w.experiment}/{w.dataset}/cases.tsv",
         "pairs": f"data/prep/{w.experiment}/{w.dataset}/pairs.tsv",
     }
-    for key in ("attention", "autoencoder"):
-        if method_cfg(w).get(key):
-            inputs[key] = aux_model(w, method_cfg(w)[key])
+    if method_cfg(w).get("attention"):
+        inputs["attention"] = aux_model(w, method_cfg(w)["attention"])
+    for role, ref in method_components(method_cfg(w)).items():
+        inputs[f"component_{role}"] = component_model(w, ref)
     return inputs
 
 
+def component_model(w, ref):
+    """model.pt of a component: an auxiliary network, or another learned method of the same dataset and fold."""
+    if ref in exp(w).get("auxiliary", {}):
+        return aux_model(w, ref)
+    return f"work/{w.experiment}/models/{w.dataset}/{ref}/fold{w.fold}/model.pt"
+
+
 def aux_args(input, keys):
-    """`--attention P --autoencoder P` for the auxiliary models among a rule's inputs."""
-    return " ".join(f"--{k} {input[k]}" for k in keys if k in input.keys())
+    """`--attention P --model P` for the models among a rule's inputs, and `--component ROLE=P` for each
+    `component_<role>` input."""
+    args = [f"--{k} {input[k]}" for k in keys if k in input.keys()]
+    args += [f"--component {k[len('component_'):]}={input[k]}" for k in input.keys() if k.startswith("component_")]
+    return " ".join(args)
 
 
 def all_report_outputs():
     return [p for name in EXPERIMENTS for p in report_outputs(name)]
+
+
+def fixed_column(modality):
+    """The fixed image's cases.tsv column of a dataset's `modality` (a column, or {fixed, moving})."""
+    return modality if isinstance(modality, str) else modality["fixed"]
 
 
 def spec_json(obj):

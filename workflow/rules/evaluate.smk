@@ -10,7 +10,7 @@ rule evaluate:
         reg=lambda w: f"work/{w.experiment}/reg/{w.dataset}/{w.method}/fold{w.fold}",
         spec=lambda w: spec_json({
             "dataset": w.dataset, "method_id": w.method, "method_name": method_cfg(w)["name"],
-            "labels": dataset_cfg(w)["labels"], "modality": dataset_cfg(w)["modality"],
+            "labels": dataset_cfg(w)["labels"], "modality": fixed_column(dataset_cfg(w)["modality"]),
             "unit": dataset_cfg(w)["unit"], "seg": dataset_cfg(w)["seg"],
         }),
     log:

@@ -14,7 +14,7 @@ rule train:
             "labels": sorted(dataset_cfg(w)["labels"]),
             "device": exp(w)["device"], "max_steps": exp(w)["scale"].get("max_train_steps"),
         }),
-        aux=lambda w, input: aux_args(input, ("attention", "autoencoder")),
+        aux=lambda w, input: aux_args(input, ("attention",)),
     resources:
         gpu=1,
     threads: workflow.cores

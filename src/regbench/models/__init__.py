@@ -9,6 +9,7 @@ import torch.nn as nn
 from .acregnet import ACRegNet, RCINet
 from .he2022 import He2022RegNet
 from .voxelmorph import VoxelMorph
+from .wrappers import Bidirectional, build_critic
 
 #: Pairwise registration networks called as ``model(moving, fixed) -> {"ddf", "warped", ...}``. The He et al.
 #: 2022 segmenter and auto-encoder (``he2022.AttentionSegUNet``, ``he2022.AnatomicalAutoEncoder``) are
@@ -18,11 +19,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "he2022": He2022RegNet,
     "acregnet": ACRegNet,
     "rcinet": RCINet,
+    "bidirectional": Bidirectional,
 }
 
 
 def build_model(name: str, ndim: int, **params) -> nn.Module:
-    """Instantiate a registered model.
+    """Instantiate a registered model (critics: :func:`build_critic`).
 
     Raises:
         KeyError: ``name`` is not registered (message lists the known models).

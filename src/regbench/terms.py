@@ -1,0 +1,410 @@
+"""Loss terms as config-bound modules: what a training step optimises, term by term.
+
+A method's ``train.losses`` is a list of items ``{name, weight, label?, inputs?, component?, ...params}``.
+Each ``name`` is a :class:`Term` class in :data:`TERMS`; the trainer builds them with :func:`build_terms`
+and sums ``weight x term(ctx)`` over a :class:`TermContext`, which exposes one step's tensors by key:
+
+* the batch: ``fixed``, ``moving`` (images ``(B, C, *spatial)``; the two may come from different modalities
+  and grids), ``fixed_seg``, ``moving_seg`` (integer label maps ``(B, 1, *spatial)``, loaded on first use);
+* every output of the model, by its key: ``ddf``, ``warped`` and whatever else the model returns
+  (``ddf_inv``/``warped_inv`` of a bidirectional model, ``affine_warped``, ``velocity``, ...); nested lists
+  and dicts are reached by dotted paths (``stages.0.warped``);
+* frozen or jointly trained components by role (``ctx.components["autoencoder"]``, ``["critic"]``).
+
+A term declares the roles it reads and their default keys (``reads``); ``inputs: {role: key}`` rebinds them,
+so one class serves e.g. a similarity on the affine output (``inputs: {warped: affine_warped}``, Zhu et al.
+2021, Eq. 1) and on the backward field of a bidirectional model (``inputs: {fixed: moving, warped:
+warped_inv}``). ``label`` names the term's training-log column (default: ``name``; required when a name is
+used twice). Adding a term is adding a class here with :func:`register_term`; the trainer is not touched.
+
+Registered names: similarity ``lncc``, ``ncc``, ``mse``, ``ssim``, ``mi``, ``ngf``; regularisers
+``diffusion``, ``tv``; label terms ``dice``, ``ce``, ``ae``; ``inverse_consistency``, ``cycle``; adversarial
+``adversarial`` (generator side) and ``critic_bce`` (the critic's own loss, see :mod:`regbench.train`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import losses as L
+from . import spatial
+from .errors import ConfigError
+
+#: config name -> Term class
+TERMS: dict[str, type["Term"]] = {}
+
+
+def register_term(name: str) -> Callable[[type["Term"]], type["Term"]]:
+    """Class decorator: make a :class:`Term` subclass available as ``train.losses[].name: <name>``."""
+
+    def deco(cls: type[Term]) -> type[Term]:
+        if name in TERMS:
+            raise ValueError(f"loss term {name!r} is registered twice")
+        cls.key = name
+        TERMS[name] = cls
+        return cls
+
+    return deco
+
+
+class TermContext:
+    """One training step's tensors, read by loss terms through keys (see the module docstring).
+
+    Args:
+        batch: ``{"fixed": (B, C, *spatial_f), "moving": (B, C, *spatial_m)}`` images.
+        outputs: the model's output dict (``ddf`` ``(B, ndim, *spatial_f)`` in voxels, ``warped``, ...).
+        load_seg: ``side -> (B, 1, *spatial) int64`` label maps of the batch (``"fixed"`` or ``"moving"``),
+            called at most once per side and step.
+        components: frozen pre-trained networks and jointly trained critics, by role.
+
+    Derived maps (one-hot labels, labels warped by a field) are computed once per step and reused by every
+    term that asks for the same thing.
+    """
+
+    def __init__(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, Any],
+                 load_seg: Callable[[str], torch.Tensor] | None = None,
+                 components: Mapping[str, nn.Module] | None = None):
+        self.batch, self.outputs = dict(batch), outputs
+        self.components = dict(components or {})
+        self._load_seg = load_seg
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in ("fixed_seg", "moving_seg"):
+            return self.seg(key[: -len("_seg")])
+        head, _, rest = key.partition(".")
+        if head in self.outputs:
+            value = self.outputs[head]
+        elif head in self.batch:
+            value = self.batch[head]
+        else:
+            raise ConfigError(f"loss term input {key!r}: no such tensor; the model returns "
+                              f"{sorted(self.outputs)}, the batch has {sorted(self.batch)} and fixed_seg, moving_seg")
+        for part in rest.split(".") if rest else ():
+            try:
+                value = value[int(part)] if isinstance(value, (list, tuple)) else value[part]
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(f"loss term input {key!r}: cannot index {part!r} ({exc})") from exc
+        return value
+
+    def seg(self, side: str) -> torch.Tensor:
+        """Label maps ``(B, 1, *spatial)`` int64 of ``side`` (``fixed`` or ``moving``), loaded once."""
+        key = ("seg", side)
+        if key not in self._cache:
+            if self._load_seg is None:
+                raise ConfigError(f"a loss term needs {side} label maps but the run has none")
+            self._cache[key] = self._load_seg(side)
+        return self._cache[key]
+
+    def onehot(self, seg_key: str, values: tuple[int, ...]) -> torch.Tensor:
+        """``(B, K, *spatial)`` float one-hot of the label map ``seg_key`` over ``values``."""
+        key = ("onehot", seg_key, values)
+        if key not in self._cache:
+            self._cache[key] = L.one_hot(self[seg_key], list(values))
+        return self._cache[key]
+
+    def warped_onehot(self, seg_key: str, field_key: str, values: tuple[int, ...]) -> torch.Tensor:
+        """One-hot of ``seg_key`` over ``values`` warped linearly by the field ``field_key`` (differentiable
+        in the field; VoxelMorph TMI 2019, Sec. III-D)."""
+        key = ("warped_onehot", seg_key, field_key, values)
+        if key not in self._cache:
+            self._cache[key] = spatial.warp(self.onehot(seg_key, values), self[field_key])
+        return self._cache[key]
+
+
+class Term(nn.Module):
+    """A loss term bound to context keys. Subclasses set ``reads`` and implement :meth:`compute`.
+
+    Args:
+        weight: multiplies the term in the total loss (>= 0).
+        label: training-log column (default: the registered name).
+        inputs: ``{role: context key}`` overriding ``reads``.
+        labels: foreground label values of the dataset (label terms use them).
+        params: the term's own settings (passed to :meth:`setup`); ``component`` (the role of the network
+            the term reads) for terms with a ``component_default``.
+
+    Raises:
+        ConfigError: an unknown role in ``inputs`` or a bad parameter.
+    """
+
+    key: ClassVar[str] = ""
+    reads: ClassVar[dict[str, str]] = {}
+    #: role of the component the term reads by default (``None``: it reads none); config ``component`` overrides
+    component_default: ClassVar[str | None] = None
+
+    def __init__(self, weight: float = 1.0, label: str | None = None, inputs: Mapping[str, str] | None = None,
+                 labels: tuple[int, ...] = (), **params: Any):
+        super().__init__()
+        unknown = sorted(set(inputs or {}) - set(self.reads))
+        if unknown:
+            raise ConfigError(f"loss term {self.key!r}: unknown inputs {unknown}; it reads {sorted(self.reads)}")
+        self.weight, self.label = float(weight), label or self.key
+        self.bind = {**self.reads, **dict(inputs or {})}
+        self.labels = tuple(int(v) for v in labels)
+        if self.component_default is not None:
+            self.component = str(params.pop("component", self.component_default))
+        try:
+            self.setup(**params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"loss term {self.key!r}: {exc}") from exc
+
+    def setup(self, **params: Any) -> None:  # pragma: no cover - overridden where a term has settings
+        if params:
+            raise TypeError(f"unexpected parameters {sorted(params)}")
+
+    def get(self, ctx: TermContext, role: str) -> Any:
+        return ctx[self.bind[role]]
+
+    def forward(self, ctx: TermContext) -> torch.Tensor:
+        return self.compute(ctx)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Similarity(Term):
+    """Image similarity between ``fixed`` and ``warped`` (defaults: the batch's fixed image and the model's
+    warped moving image). ``module`` is the :mod:`regbench.losses` class."""
+
+    reads = {"fixed": "fixed", "warped": "warped"}
+    module: ClassVar[type[nn.Module]]
+
+    def setup(self, **params: Any) -> None:
+        self.fn = type(self).module(**params)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        return self.fn(self.get(ctx, "fixed"), self.get(ctx, "warped"))
+
+
+for _name, _cls, _doc in (
+    ("lncc", L.LocalNCC, "local squared NCC, VoxelMorph TMI 2019 Eq. 5 (param ``window``)"),
+    ("ncc", L.GlobalNCC, "global NCC (Zhu et al. 2021, Eq. 1)"),
+    ("mse", L.MSE, "mean squared difference"),
+    ("ssim", L.SSIMLoss, "1 - SSIM (He et al. 2022, Eq. 9-10)"),
+    ("mi", L.MutualInformation, "Parzen-window mutual information (params ``bins``, ``sigma_ratio``)"),
+    ("ngf", L.NormalizedGradientField, "normalised gradient fields (param ``eps``)"),
+):
+    register_term(_name)(type(f"{_cls.__name__}Term", (_Similarity,), {"module": _cls, "__doc__": f"Negative {_doc}."}))
+
+
+@register_term("diffusion")
+class DiffusionTerm(Term):
+    """Smoothness of ``field`` (default ``ddf``): :class:`regbench.losses.Diffusion` (params ``penalty`` l2 |
+    l1, ``field_unit`` px | normalized; VoxelMorph TMI 2019, Eq. 4)."""
+
+    reads = {"field": "ddf"}
+
+    def setup(self, penalty: str = "l2", field_unit: str = "px") -> None:
+        self.fn = L.Diffusion(penalty=penalty, field_unit=field_unit)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        return self.fn(self.get(ctx, "field"))
+
+
+@register_term("tv")
+class TotalVariationTerm(DiffusionTerm):
+    """Anisotropic total variation of ``field``: ``diffusion`` with the l1 penalty (He et al. 2022, TV term)."""
+
+    def setup(self, field_unit: str = "px") -> None:
+        self.fn = L.Diffusion(penalty="l1", field_unit=field_unit)
+
+
+class _LabelTerm(Term):
+    """A term on the fixed label map and the moving label map warped by ``field`` (one-hot, linear warp).
+
+    ``background``: include label 0 as a class (cross-entropy and auto-encoder terms do, Dice does not).
+    """
+
+    reads = {"field": "ddf", "fixed_seg": "fixed_seg", "moving_seg": "moving_seg"}
+    background: ClassVar[bool] = False
+
+    def maps(self, ctx: TermContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.labels:
+            raise ConfigError(f"loss term {self.label!r} needs the dataset's labels")
+        values = ((0,) if self.background else ()) + self.labels
+        return (ctx.onehot(self.bind["fixed_seg"], values),
+                ctx.warped_onehot(self.bind["moving_seg"], self.bind["field"], values))
+
+
+@register_term("dice")
+class DiceTerm(_LabelTerm):
+    """``1 - soft Dice`` over the foreground labels (VoxelMorph TMI 2019, Eq. 7; Zhu et al. 2021, Eq. 3)."""
+
+    def setup(self) -> None:
+        self.fn = L.SoftDice()
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        return self.fn(*self.maps(ctx))
+
+
+@register_term("ce")
+class CrossEntropyTerm(_LabelTerm):
+    """Label cross-entropy, background included (He et al. 2022, Eq. 12; params ``eps``, ``as_logits``)."""
+
+    background = True
+
+    def setup(self, **params: Any) -> None:
+        self.fn = L.LabelCrossEntropy(**params)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        return self.fn(*self.maps(ctx))
+
+
+@register_term("ae")
+class AutoEncoderCodeTerm(_LabelTerm):
+    """Distance between a frozen label auto-encoder's codes of the warped and fixed one-hot maps (AC-RegNet;
+    He et al. 2022, Eq. 13). ``component``: the role of the auto-encoder (default ``autoencoder``)."""
+
+    background = True
+    component_default = "autoencoder"
+
+    def setup(self) -> None:
+        pass
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        if self.component not in ctx.components:
+            raise ConfigError(f"loss term {self.label!r} needs a trained component {self.component!r} "
+                              "(set methods.<id>.autoencoder or components)")
+        fixed_onehot, warped_onehot = self.maps(ctx)
+        return L.anatomical_code_loss(ctx.components[self.component], warped_onehot, fixed_onehot)
+
+
+@register_term("inverse_consistency")
+class InverseConsistencyTerm(Term):
+    """Inverse consistency of a forward field ``forward`` (``ddf``, fixed grid) and a backward field
+    ``backward`` (``ddf_inv``, moving grid): ``mean |compose(forward, backward)|^2`` and the reverse
+    composition, averaged (Christensen and Johnson, IEEE TMI 2001). Both compositions are zero when the
+    fields are exact inverses; units voxels^2. Needs both grids equal."""
+
+    reads = {"forward": "ddf", "backward": "ddf_inv"}
+
+    def setup(self) -> None:
+        pass
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        u, v = self.get(ctx, "forward"), self.get(ctx, "backward")
+        a, b = spatial.compose(u, v), spatial.compose(v, u)
+        return 0.5 * ((a * a).sum(1).mean() + (b * b).sum(1).mean())
+
+
+@register_term("cycle")
+class CycleConsistencyTerm(Term):
+    """Image cycle consistency: ``image`` (default ``moving``) warped by ``forward`` (``ddf``) and back by
+    ``backward`` (``ddf_inv``) should return to itself: ``mean |image - warp(warp(image, forward), backward)|``
+    (``penalty`` l1, default) or squared (l2). Forward and backward fields as in MMRegNet (Ding et al.)."""
+
+    reads = {"image": "moving", "forward": "ddf", "backward": "ddf_inv"}
+
+    def setup(self, penalty: str = "l1") -> None:
+        if penalty not in ("l1", "l2"):
+            raise ValueError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
+        self.penalty = penalty
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        image = self.get(ctx, "image")
+        back = spatial.warp(spatial.warp(image, self.get(ctx, "forward")), self.get(ctx, "backward"))
+        d = image - back
+        return d.abs().mean() if self.penalty == "l1" else (d * d).mean()
+
+
+def _critic_logits(critic: nn.Module, fixed: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    return critic(torch.cat([fixed, other], dim=1))
+
+
+@register_term("adversarial")
+class AdversarialTerm(Term):
+    """Generator side of adversarial registration: the critic (component ``component``, default ``critic``)
+    should take the pair ``(fixed, warped)`` for an aligned one: non-saturating GAN loss
+    ``BCE(D(fixed, warped), 1)`` (Goodfellow et al. 2014; adversarial registration: Fan et al., MedIA 2019;
+    Duan et al.'s Multi-FC, BSPC 2019)."""
+
+    reads = {"fixed": "fixed", "warped": "warped"}
+    component_default = "critic"
+
+    def setup(self) -> None:
+        pass
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        logits = _critic_logits(ctx.components[self.component], self.get(ctx, "fixed"), self.get(ctx, "warped"))
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+@register_term("critic_bce")
+class CriticTerm(Term):
+    """The critic's own loss: ``BCE(D(fixed, real), 1) + BCE(D(fixed, warped.detach()), 0)``, halved.
+
+    The aligned ("real") pair is ``(fixed, alpha * fixed + (1 - alpha) * warped.detach())``: ``alpha = 1``
+    (default) uses the fixed image itself; ``alpha < 1`` the softer reference of Fan et al. (MedIA 2019,
+    Sec. 2.3.1), which keeps the critic from winning by intensity statistics alone. The fake pair's image is
+    detached: this loss trains the critic only. ``component``: the critic's role (default ``critic``).
+    """
+
+    reads = {"fixed": "fixed", "warped": "warped"}
+    component_default = "critic"
+
+    def setup(self, alpha: float = 1.0) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = float(alpha)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        critic = ctx.components[self.component]
+        fixed, fake = self.get(ctx, "fixed").detach(), self.get(ctx, "warped").detach()
+        real = self.alpha * fixed + (1.0 - self.alpha) * fake
+        lr, lf = _critic_logits(critic, fixed, real), _critic_logits(critic, fixed, fake)
+        return 0.5 * (F.binary_cross_entropy_with_logits(lr, torch.ones_like(lr))
+                      + F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf)))
+
+
+def build_terms(spec: list[Mapping[str, Any]], labels: tuple[int, ...] = (), where: str = "train.losses") -> list[Term]:
+    """Build the configured loss terms in order.
+
+    Args:
+        spec: items ``{name, weight?, label?, inputs?, **params}``.
+        labels: the dataset's foreground label values (for label terms).
+        where: config path used in error messages.
+
+    Raises:
+        ConfigError: empty list, unknown name (lists the known ones), bad parameters, duplicate log labels.
+    """
+    if not spec:
+        raise ConfigError(f"{where}: at least one loss term is required")
+    terms: list[Term] = []
+    for i, item in enumerate(spec):
+        item = dict(item)
+        name = item.pop("name", None)
+        if name not in TERMS:
+            raise ConfigError(f"{where}[{i}].name: unknown loss term {name!r}; known: {sorted(TERMS)}")
+        try:
+            terms.append(TERMS[name](labels=labels, **item))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}[{i}]: {exc}") from exc
+    seen: set[str] = set()
+    for t in terms:
+        if t.label in seen:
+            raise ConfigError(f"{where}: two terms log as {t.label!r}; give one of them a distinct `label`")
+        seen.add(t.label)
+    return terms
+
+
+def weighted_sum(terms: list[Term], ctx: TermContext, zero: torch.Tensor,
+                 grad_norm_params: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``(sum_t weight_t x t(ctx), {label: value})`` in term order, starting from ``zero`` (a scalar).
+
+    With ``grad_norm_params`` (a diagnostic) each term's weighted gradient norm over those parameters is
+    logged as ``grad_norm_<label>`` (one extra backward pass per term; the total is unchanged).
+    """
+    total, row = zero, {}
+    for term in terms:
+        value = term(ctx)
+        row[term.label] = float(value.detach())
+        if grad_norm_params is not None:
+            grads = torch.autograd.grad(term.weight * value, grad_norm_params, retain_graph=True, allow_unused=True)
+            row[f"grad_norm_{term.label}"] = float(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
+        total = total + term.weight * value
+    return total, row
