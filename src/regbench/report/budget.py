@@ -50,7 +50,7 @@ import pandas as pd
 from ..errors import ConfigError, DataError
 from ..utils import get_logger
 from . import tables
-from .extras import FIGURE_SUFFIXES, TABLE_SUFFIXES, _footer, scale_line
+from .common import FIGURE_SUFFIXES, TABLE_SUFFIXES, _footer, scale_line
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -72,10 +72,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import provenance
 from ..errors import ConfigError
 from ..utils import get_logger
-from . import tables
+from . import budget, tables
+from .common import FIGURE_SUFFIXES, TABLE_SUFFIXES, _footer, scale_line
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -84,8 +84,6 @@ log = get_logger(__name__)
 
 #: File stems written by :func:`regbench.report.experiment.render_experiment` itself.
 RESERVED_NAMES = frozenset({"table", "table_dsc_per_label", "fig_boxplots", "fig_qualitative", "provenance"})
-TABLE_SUFFIXES = ("md", "csv", "tex")
-FIGURE_SUFFIXES = ("png", "pdf")
 FIGURE_KINDS = ("bar", "box")
 
 
@@ -170,8 +168,6 @@ def check_extras(exp: Mapping[str, Any]) -> None:
             raise ConfigError(f"{where}: a bar figure needs 'metric' (one column, e.g. ssim_clean)")
         if kind == "box" and not f.get("metrics"):
             raise ConfigError(f"{where}: a box figure needs 'metrics' (a list of columns)")
-    from . import budget
-
     budget.check_series(exp, {**seen, **dict.fromkeys(RESERVED_NAMES, "the main outputs")})
 
 
@@ -189,8 +185,6 @@ def extra_outputs(exp: Mapping[str, Any]) -> list[str]:
     check_extras(exp)
     out = [f"{t['name']}.{ext}" for t in _items(exp, "tables") for ext in TABLE_SUFFIXES]
     out += [f"{f['name']}.{ext}" for f in _items(exp, "figures") for ext in FIGURE_SUFFIXES]
-    from . import budget
-
     return out + budget.outputs(exp)
 
 
@@ -249,22 +243,6 @@ def _resolve(where: str, df: pd.DataFrame, metric: str) -> str:
         return tables.resolve_metric(df, metric)
     except KeyError as exc:
         raise ConfigError(f"{where}: {exc.args[0]}") from exc
-
-
-def scale_line(notes: Sequence[str], prov: Mapping[str, Any] | None) -> str | None:
-    """The SCALED-DOWN note among ``notes`` (from the experiment), else :func:`provenance.scale_note`."""
-    for n in notes or []:
-        if "SCALED-DOWN" in str(n).upper():
-            return str(n)
-    return provenance.scale_note(prov) if prov else None
-
-
-def _footer(fig: Figure, line: str | None, height_in: float) -> float:
-    """Write ``line`` as a small red footer; return the bottom fraction to keep free in ``tight_layout``."""
-    if not line:
-        return 0.0
-    fig.text(0.5, 0.005, line, ha="center", va="bottom", fontsize=7, color="firebrick", wrap=True)
-    return min(0.25, 0.4 / height_in)
 
 
 # ----------------------------------------------------------------------------------------------------------
