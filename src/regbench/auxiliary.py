@@ -51,17 +51,85 @@ from .utils import (
 
 log = get_logger(__name__)
 
-KINDS = ("segmenter", "autoencoder")
+class AuxiliaryKind:
+    """What one kind of auxiliary network is: its model, its classes, its training input and its test-time
+    prediction. The training loop, checkpoints, logs and scoring are shared (:func:`train_auxiliary`,
+    :func:`evaluate_auxiliary`); a new kind is a subclass registered in :data:`KINDS`.
+
+    Class maps are ``(B, 1, *spatial)`` int64 (:func:`label_classes`); logits ``(B, K, *spatial)``.
+    """
+
+    name: str = ""
+    foreground_only: bool = False  # classes: background + one foreground class (True) or one per label
+
+    def n_classes(self, labels: list[int]) -> int:
+        return 2 if self.foreground_only else len(labels) + 1
+
+    def build(self, size: tuple[int, ...], n_classes: int, params: dict[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def train_input(self, images: torch.Tensor, classes: torch.Tensor, n_classes: int, noise: float,
+                    gen: torch.Generator) -> torch.Tensor:
+        """The network input of a training batch (``images`` and ``classes`` of the batch)."""
+        raise NotImplementedError
+
+    def predict_mask(self, model: torch.nn.Module, ds: PreparedDataset, case: str, modality: str, train_seg: str,
+                     shape: tuple[int, ...], dev: torch.device) -> np.ndarray:
+        """Boolean foreground ``(*shape)`` predicted for ``case`` on the test grid ``shape``."""
+        raise NotImplementedError
 
 
-def _build(kind: str, size: tuple[int, ...], n_classes: int, params: dict[str, Any]) -> torch.nn.Module:
-    from .models.he2022 import AnatomicalAutoEncoder, AttentionSegUNet
+class _Segmenter(AuxiliaryKind):
+    """He et al. 2022's attention segmenter (Sec. 3.2): image in, background/region-of-interest logits out;
+    scored by its attention mask (:func:`attention_mask`)."""
 
-    if kind == "segmenter":
+    name, foreground_only = "segmenter", True
+
+    def build(self, size, n_classes, params):
+        from .models.he2022 import AttentionSegUNet
+
         return AttentionSegUNet(ndim=len(size), n_classes=n_classes, **params)
-    if kind == "autoencoder":
+
+    def train_input(self, images, classes, n_classes, noise, gen):
+        return images
+
+    def predict_mask(self, model, ds, case, modality, train_seg, shape, dev):
+        img = torch.from_numpy(ds.load(case, modality).array)[None, None].to(dev)
+        return attention_mask(model, img)[0, 0].cpu().numpy() > 0.5
+
+
+class _AutoEncoder(AuxiliaryKind):
+    """The denoising label auto-encoder of AC-RegNet / He et al. 2022 (Sec. 3.3): one-hot label maps in,
+    corrupted by :func:`regbench.models.he2022.swap_label_noise` with probability ``noise`` during training;
+    scored by its reconstruction of the clean training-size map resized to the test grid."""
+
+    name = "autoencoder"
+
+    def build(self, size, n_classes, params):
+        from .models.he2022 import AnatomicalAutoEncoder
+
         return AnatomicalAutoEncoder(ndim=len(size), input_size=size, n_classes=n_classes, **params)
-    raise ConfigError(f"auxiliary kind must be one of {KINDS}, got {kind!r}")
+
+    def train_input(self, images, classes, n_classes, noise, gen):
+        from .models.he2022 import swap_label_noise
+
+        noisy = swap_label_noise(classes, noise, gen) if noise > 0 else classes
+        return F.one_hot(noisy[:, 0], n_classes).movedim(-1, 1).float()
+
+    def predict_mask(self, model, ds, case, modality, train_seg, shape, dev):
+        small = torch.from_numpy(ds.load(case, train_seg).array.astype(np.int64))[None, None]
+        rec = reconstruct_labels(model, label_classes(small, model.labels).to(dev), shape)
+        return rec[0, 0].cpu().numpy() > 0
+
+
+#: auxiliary kind name (``auxiliary.<id>.kind``) -> kind
+KINDS: dict[str, AuxiliaryKind] = {k.name: k for k in (_Segmenter(), _AutoEncoder())}
+
+
+def _kind(name: str | None) -> AuxiliaryKind:
+    if name not in KINDS:
+        raise ConfigError(f"auxiliary kind must be one of {sorted(KINDS)}, got {name!r}")
+    return KINDS[name]
 
 
 def _loss(spec: list[dict[str, Any]]) -> torch.nn.Module:
@@ -135,11 +203,10 @@ def train_auxiliary(
         ConfigError: unknown kind or loss term.
         DataError: missing prepared data.
     """
-    from .models.he2022 import swap_label_noise
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = aux.get("kind")
+    spec = _kind(kind)
     tcfg, steps, resume = training_schedule(aux, max_steps)
     batch, every = int(tcfg.get("batch_size", 16)), int(tcfg.get("checkpoint_every", 100))
     noise = float(aux.get("noise", 0.1))
@@ -151,11 +218,11 @@ def train_auxiliary(
     cases = _train_cases(ds, fold)
     images = torch.stack([torch.from_numpy(ds.load(c, modality).array)[None] for c in cases]).to(dev)
     segs = torch.stack([torch.from_numpy(ds.load(c, seg).array.astype(np.int64))[None] for c in cases]).to(dev)
-    classes = label_classes(segs, labels, foreground_only=kind == "segmenter")
-    n_classes = len(labels) + 1 if kind == "autoencoder" else 2
+    classes = label_classes(segs, labels, foreground_only=spec.foreground_only)
+    n_classes = spec.n_classes(labels)
     size = tuple(images.shape[2:])
     seed_everything(seed)
-    model = _build(kind, size, n_classes, dict(aux.get("model_params", {}))).to(dev)
+    model = spec.build(size, n_classes, dict(aux.get("model_params", {}))).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-3)))
     loss = _loss(tcfg.get("losses", [{"name": "ce"}]))
     rng = np.random.default_rng([seed, fold])
@@ -164,11 +231,7 @@ def train_auxiliary(
     def step_fn() -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.from_numpy(rng.integers(0, len(cases), size=batch)).to(dev)
         target = classes[idx]
-        if kind == "segmenter":
-            logits = model(images[idx])
-        else:
-            noisy = swap_label_noise(target, noise, noise_gen) if noise > 0 else target
-            logits = model(F.one_hot(noisy[:, 0], n_classes).movedim(-1, 1).float())
+        logits = model(spec.train_input(images[idx], target, n_classes, noise, noise_gen))
         value = loss(logits, target)
         return value, {"ce_contour": float(value.detach())}
 
@@ -210,8 +273,8 @@ def load_auxiliary(model_path: str | Path, device: torch.device) -> torch.nn.Mod
     """
     blob = torch.load(model_path, map_location=device, weights_only=False)
     if blob.get("kind") not in KINDS:
-        raise ConfigError(f"{model_path}: not an auxiliary network (no kind in {KINDS})")
-    model = _build(blob["kind"], tuple(blob["size"]), int(blob["n_classes"]), blob["params"]).to(device)
+        raise ConfigError(f"{model_path}: not an auxiliary network (no kind in {sorted(KINDS)})")
+    model = KINDS[blob["kind"]].build(tuple(blob["size"]), int(blob["n_classes"]), blob["params"]).to(device)
     model.load_state_dict(blob["model"])
     model.eval().requires_grad_(False)
     model.kind, model.train_size = blob["kind"], tuple(blob["size"])
@@ -277,13 +340,7 @@ def evaluate_auxiliary(
     rows = []
     for case in tqdm(_test_cases(ds, fold), desc=f"evaluate {aux_name} fold{fold}", unit="case", mininterval=2.0):
         truth = np.isin(ds.load(case, seg).array, model.labels)
-        if model.kind == "segmenter":
-            img = torch.from_numpy(ds.load(case, modality).array)[None, None].to(dev)
-            pred = attention_mask(model, img)[0, 0].cpu().numpy() > 0.5
-        else:
-            small = torch.from_numpy(ds.load(case, train_seg).array.astype(np.int64))[None, None]
-            rec = reconstruct_labels(model, label_classes(small, model.labels).to(dev), truth.shape)
-            pred = rec[0, 0].cpu().numpy() > 0
+        pred = KINDS[model.kind].predict_mask(model, ds, case, modality, train_seg, truth.shape, dev)
         rows.append({"dataset": dataset, "aux": aux_id, "aux_name": aux_name, "kind": model.kind, "fold": fold,
                      "case": case, "dsc": metrics.dice(truth, pred), "hd_px": metrics.hd(truth, pred, 1.0),
                      "assd_px": metrics.assd(truth, pred, 1.0)})

@@ -356,43 +356,63 @@ SIMILARITY["ssim"] = SSIMLoss
 
 
 class MutualInformation(nn.Module):
-    """Negative global mutual information with Parzen-window (Gaussian) histograms.
+    """Negative global mutual information from a joint histogram with cubic B-spline Parzen windows.
 
-    Mattes et al. (IEEE TMI 2003) estimate MI from joint histograms whose samples are spread over bins by a
-    smooth kernel, which makes MI differentiable in the intensities; learned registration uses the same
-    estimator with Gaussian windows (as MONAI's ``GlobalMutualInformationLoss``). Per sample ``b``:
-    ``w_k(x) = exp(-(I(x) - c_k)^2 / (2 sigma^2))`` normalised over the ``bins`` centres ``c_k`` evenly
-    spaced in [0, 1], ``p_ab = mean_x w^f(x) w^m(x)^T``, marginals ``p_a``, ``p_b`` its sums, and
-    ``MI = sum p_ab log(p_ab / (p_a p_b))``. The loss is ``-mean_b MI`` (0 for independent images; an image
-    against itself gives its entropy).
+    Mattes et al. (IEEE TMI 22(1), 2003, Sec. II-B) estimate MI from a joint histogram in which every voxel
+    spreads its unit weight over neighbouring bins with a cubic B-spline kernel, which makes MI differentiable
+    in the intensities (ANTs' ``MattesMutualInformation`` and SyN-MI use this estimator). Here both images use
+    the cubic kernel (Mattes et al. take a zero-order kernel for the fixed image): an intensity ``i`` in
+    [0, 1] sits at bin coordinate ``p = i (bins - 1)`` and gives weights ``beta3(p - k)`` to the four bins
+    ``k`` around it (weights sum to 1). Per sample, ``p_ab`` is the joint histogram divided by the number of
+    voxels, ``p_a``, ``p_b`` its marginals, and ``MI = sum p_ab log(p_ab / (p_a p_b))``. The loss is
+    ``-mean_b MI`` (0 for independent images; an image against itself gives its entropy, at most
+    ``log(bins + 3)``).
 
-    Intensities are clamped to [0, 1] (the regbench preprocessing range). ``sigma = sigma_ratio x`` bin
-    width. Memory is ``O(voxels x bins)`` per image: at 192^3 with 32 bins about 0.9 GB in float32.
+    Intensities are clamped to [0, 1] (the regbench preprocessing range). Cost: 16 scatter-adds of the voxel
+    count per sample (no ``O(voxels x bins)`` tensor).
 
-    Forward ``fixed``, ``warped``: ``(B, 1, *spatial)`` (2D or 3D); returns a scalar.
+    Args:
+        bins: intensity bins over [0, 1] (the histogram has ``bins + 3`` entries per axis, for the kernel
+            support at the ends).
+        eps: added inside the logarithm.
+
+    Forward ``fixed``, ``warped``: ``(B, 1, *spatial)`` (2D or 3D) of one shape; returns a scalar.
+
+    Raises:
+        ValueError: ``bins < 2``, or images of different shapes or with more than one channel.
     """
 
-    def __init__(self, bins: int = 32, sigma_ratio: float = 0.5, eps: float = 1e-7):
+    def __init__(self, bins: int = 32, eps: float = 1e-7):
         super().__init__()
         if bins < 2:
             raise ValueError(f"bins must be >= 2, got {bins}")
-        if sigma_ratio <= 0:
-            raise ValueError(f"sigma_ratio must be > 0, got {sigma_ratio}")
         self.bins, self.eps = int(bins), float(eps)
-        self.sigma = float(sigma_ratio) / (bins - 1)
-        self.register_buffer("centres", torch.linspace(0.0, 1.0, int(bins)), persistent=False)
 
-    def _weights(self, x: torch.Tensor) -> torch.Tensor:
-        v = x.flatten(1).clamp(0.0, 1.0).unsqueeze(-1)                       # (B, N, 1)
-        w = torch.exp(-((v - self.centres.to(device=x.device, dtype=x.dtype)) ** 2) / (2.0 * self.sigma ** 2))  # (B, N, bins)
-        return w / w.sum(-1, keepdim=True)
+    def _kernel(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """First bin index ``(B, N)`` (offset by 1, so >= 0) and the four cubic B-spline weights ``(B, N)``."""
+        pos = x.flatten(1).clamp(0.0, 1.0) * (self.bins - 1)
+        base = pos.detach().floor().clamp_max(self.bins - 1)
+        t = pos - base
+        t2, t3 = t * t, t * t * t
+        one = 1.0 - t
+        weights = [one * one * one / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,
+                   (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0, t3 / 6.0]
+        return base.long(), weights  # bins base-1 .. base+2, i.e. indices base .. base+3 after the +1 offset
 
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         if fixed.shape != warped.shape or fixed.shape[1] != 1:
             raise ValueError(f"MI takes two single-channel images of one shape, got {tuple(fixed.shape)} and "
                              f"{tuple(warped.shape)}")
-        wf, wm = self._weights(fixed), self._weights(warped)
-        p_ab = torch.bmm(wf.transpose(1, 2), wm) / wf.shape[1]              # (B, bins, bins)
+        m = self.bins + 3
+        ia, wa = self._kernel(fixed)
+        ib, wb = self._kernel(warped)
+        n = ia.shape[1]
+        hist = warped.new_zeros(warped.shape[0], m * m)
+        for a in range(4):
+            row = (ia + a) * m
+            for b in range(4):
+                hist = hist.scatter_add(1, row + ib + b, wa[a] * wb[b])
+        p_ab = hist.view(-1, m, m) / n
         p_a, p_b = p_ab.sum(2, keepdim=True), p_ab.sum(1, keepdim=True)
         mi = (p_ab * torch.log((p_ab + self.eps) / (p_a * p_b + self.eps))).sum((1, 2))
         return -mi.mean()
