@@ -47,8 +47,12 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
         from .datasets.chestxray import build_chestxray
 
         build_chestxray(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
+    elif kind == "brain":
+        from .datasets.brain import build_brain
+
+        build_brain(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
     else:  # the schema admits only implemented readers; this guards direct CLI use
-        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray)")
+        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray, brain)")
 
 
 def cmd_train(a: argparse.Namespace) -> None:

@@ -21,6 +21,12 @@ Guarantees: extraction and copying happen in a hidden staging folder beside the 
 renamed into an existing ``<raw_root>/<name>`` the user populated; a failure removes the staging folder and
 nothing else (files the user placed, archives given as ``local_path`` and linked folders are never modified
 or deleted). Archive members with absolute paths, ``..`` components or links leaving the target are refused.
+Per-file manifests (``source.manifest``, built from ``manifest_file``) are checked on every ingest; with
+``manifest_when: present`` only when the staged content holds the manifest's top-level folder(s), for a
+manifest that describes one local archive of a dataset whose official release has another layout (the
+brain MRI sets). A ``manual`` source may list ``local_hashes`` too: a matching archive is recorded as
+``verified-local-hash`` (no match is not an error, the official archives carry no pinned hash).
+
 On success the folder holds ``FETCHED.json`` (written atomically, last); a later call that finds a valid
 ``FETCHED.json`` returns at once. Delete the folder (or its ``FETCHED.json``) to fetch again.
 """
@@ -374,6 +380,18 @@ def _commit(job: _Job, stage: Path, record: dict) -> None:
     _write_record(target, record)
 
 
+def _applicable_manifest(job: _Job, stage: Path) -> dict[str, str]:
+    """The source's per-file manifest, or ``{}`` when ``manifest_when: present`` and none of the manifest's
+    top-level folders exists in ``stage`` (the manifest describes one particular local archive, such as a
+    repository's copy of a subset, while the official release has another layout)."""
+    manifest = job.source.get("manifest") or {}
+    if manifest and job.source.get("manifest_when") == "present":
+        tops = {PurePosixPath(k).parts[0] for k in manifest}
+        if not any(os.path.lexists(stage / t) for t in tops):
+            return {}
+    return manifest
+
+
 def _verify_staged(job: _Job, stage: Path, what: str) -> list[str]:
     """Check layout globs and the per-file manifest on staged content; return descriptions of the checks.
 
@@ -392,7 +410,12 @@ def _verify_staged(job: _Job, stage: Path, what: str) -> list[str]:
         )
     for pat, n in counts.items():
         done.append(f"layout {pat!r} matched {n} files")
-    manifest = job.source.get("manifest") or {}
+    manifest = _applicable_manifest(job, stage)
+    if job.source.get("manifest") and not manifest:
+        done.append(
+            "manifest: not applicable (its top-level folder is absent: not the local archive the manifest "
+            "describes, e.g. the official release; see manifest_when)"
+        )
     for rel, expected in manifest.items():
         f = stage / rel
         if not f.is_file():
@@ -641,8 +664,9 @@ def _ingest_folder(job: _Job, folder: Path, origin: str) -> bool:
             rec["placement"] = ("copied" if job.copy else "symlinked") + (
                 " folder contents" if mode == "contents" else " folder"
             )
-            rec["hash_status"] = "unverified" if job.kind == "url" and not job.source.get("manifest") else (
-                "verified-manifest" if job.source.get("manifest") else "not-applicable"
+            applied = bool(_applicable_manifest(job, stage))
+            rec["hash_status"] = "verified-manifest" if applied else (
+                "unverified" if job.kind == "url" else "not-applicable"
             )
             rec["files"] = _hash_tree(stage, job.target)
             rec["verified"] = verified
@@ -709,9 +733,16 @@ def _ingest_archives(job: _Job, archives: list[Path], origin: str) -> None:
         rec["local_path"] = str(job.local_path) if job.local_path else None
         rec["hash_status"] = "not-applicable"
         rec["files"] = files
-        rec["verified"] = [f"extracted {n} files safely"] + _verify_staged(
-            job, stage, ", ".join(str(a) for a in archives)
-        )
+        rec["verified"] = [f"extracted {n} files safely"]
+        known = {alt["hash"]: alt["file"] for alt in job.source.get("local_hashes") or []}
+        for a, entry in zip(archives, files):
+            match = known.get(f"sha256:{entry['sha256']}")
+            if match:
+                rec["hash_status"] = "verified-local-hash"
+                rec["verified"].append(f"{a.name}: sha256:{entry['sha256']} matches local_hashes entry {match}")
+        rec["verified"] += _verify_staged(job, stage, ", ".join(str(a) for a in archives))
+        if rec["hash_status"] == "not-applicable" and _applicable_manifest(job, stage):
+            rec["hash_status"] = "verified-manifest"
         _commit(job, stage, rec)
 
 
