@@ -87,6 +87,7 @@ def run_training_loop(
     desc: str,
     clip_grad_norm: float | None = None,
     players: list[Player] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[dict[str, float]]:
     """Optimise ``model`` for ``steps`` steps of ``step_fn`` with atomic checkpoints and resume.
 
@@ -95,10 +96,11 @@ def run_training_loop(
     (:func:`torch.nn.utils.clip_grad_norm_`), steps ``opt``; then updates each of ``players`` in order the same
     way (adversarial training: generator first, then critic, on the same batch). It logs every row (``step``,
     the terms, ``loss``, ``grad_norm`` = the global L2 norm of the gradient before clipping, the players'
-    columns, ``elapsed_s``) and every ``every`` steps (and at the end) writes ``out_dir/checkpoint.pt``
+    columns, ``lr`` when a ``scheduler`` is given, ``elapsed_s``) and every ``every`` steps (and at the end) writes ``out_dir/checkpoint.pt``
     (model, optimiser, every player's module and optimiser, step, numpy and torch RNG states, ``spec_hash``,
     elapsed seconds) and ``train_log.tsv`` atomically. A checkpoint with the same ``spec_hash`` is resumed
-    from; one written for another spec is ignored with a warning. Returns all log rows (resumed ones included).
+    from; one written for another spec is ignored with a warning. ``scheduler`` (a learning-rate schedule of
+    ``opt``) is stepped once per training step and checkpointed. Returns all log rows (resumed ones included).
     """
     players = list(players or [])
     ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.tsv"
@@ -108,6 +110,8 @@ def run_training_loop(
         if ckpt.get("spec_hash") == spec_hash:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
             for p in players:
                 p.module.load_state_dict(ckpt["players"][p.name]["module"])
                 p.optimizer.load_state_dict(ckpt["players"][p.name]["optimizer"])
@@ -127,6 +131,8 @@ def run_training_loop(
             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "spec_hash": spec_hash, "elapsed_s": elapsed,
         }
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
         if players:
             state["players"] = {p.name: {"module": p.module.state_dict(), "optimizer": p.optimizer.state_dict()}
                                 for p in players}
@@ -144,6 +150,9 @@ def run_training_loop(
         total, terms = step_fn()
         grad_norm = _update(model, opt, total, clip_grad_norm)
         extra: dict[str, float] = {}
+        if scheduler is not None:
+            extra["lr"] = float(opt.param_groups[0]["lr"])
+            scheduler.step()
         for p in players:
             p_total, p_terms = p.step_fn()
             p_norm = _update(p.module, p.optimizer, p_total, p.clip_grad_norm)

@@ -12,6 +12,8 @@ terms and weights, optional critics), the model spec, the dataset's prepared spl
 * updates each critic of ``train.critics`` after the registration network on the same batch (adversarial
   training: the critic is a second player of :func:`regbench.engine.run_training_loop`, with its own
   optimiser and loss terms; terms read it as a component by its role),
+* decays the learning rate stepwise with ``train.lr_decay: {every: <steps>, factor: <f>}`` (Zhu et al.
+  2021, Sec. 2.C: x0.5 every 10 epochs),
 * gives frozen pre-trained components (``components``: auxiliary networks or other methods' trained
   models, by role; ``autoencoder`` is the short form of ``components: {autoencoder: ...}``) to the terms,
 * writes ``checkpoint.pt`` atomically every ``checkpoint_every`` steps (every network, optimiser, step, RNG
@@ -191,6 +193,9 @@ def train(
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"method {method.get('name')!r}: cannot build model: {exc}") from exc
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-4)))
+    decay = tcfg.get("lr_decay")  # {every: steps, factor: f}: lr x f every `every` steps (Zhu et al. 2021, Sec. 2.C)
+    scheduler = (torch.optim.lr_scheduler.StepLR(opt, int(decay["every"]), float(decay["factor"]))
+                 if decay else None)
     label_values = tuple(int(v) for v in labels)
     try:
         terms = [t.to(dev) for t in build_terms(tcfg.get("losses", [{"name": "lncc"}, {"name": "diffusion"}]),
@@ -225,7 +230,7 @@ def train(
                for role, (module, copt, cterms, clip) in critics.items()]
     rows = run_training_loop(out_dir, model, opt, rng, spec_hash, steps, every, step_fn,
                              desc=f"train {method.get('name')} fold{fold}", clip_grad_norm=tcfg.get("clip_grad_norm"),
-                             players=players)
+                             players=players, scheduler=scheduler)
 
     n_params = count_parameters(model)
     model_path = out_dir / "model.pt"

@@ -10,6 +10,7 @@ from .acregnet import ACRegNet, RCINet
 from .he2022 import He2022RegNet
 from .voxelmorph import VoxelMorph
 from .wrappers import Bidirectional, build_critic
+from .zhu2021 import Zhu2021Net
 
 #: Pairwise registration networks called as ``model(moving, fixed) -> {"ddf", "warped", ...}``. The He et al.
 #: 2022 segmenter and auto-encoder (``he2022.AttentionSegUNet``, ``he2022.AnatomicalAutoEncoder``) are
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "acregnet": ACRegNet,
     "rcinet": RCINet,
     "bidirectional": Bidirectional,
+    "zhu2021": Zhu2021Net,
 }
 
 
