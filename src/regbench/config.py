@@ -110,6 +110,20 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
         ds.setdefault("train_seg", ds["seg"])
         ds.setdefault("params", {})
     methods = exp["methods"]
+    for name, ds in exp["datasets"].items():
+        src = ds.get("models_from")
+        if src is None:
+            continue
+        if src == name or src not in exp["datasets"] or exp["datasets"][src].get("models_from"):
+            raise ConfigError(f"{source}: datasets.{name}.models_from: {src!r} must be another dataset of the "
+                              "experiment that trains its own models")
+        missing = sorted(f for f in ds["folds"] if f not in exp["datasets"][src]["folds"])
+        if missing:
+            raise ConfigError(f"{source}: datasets.{name}.models_from: {src!r} has no folds {missing}")
+        for mid, m in methods.items():
+            if m["kind"] == "learned" and name in m.get("datasets", exp["datasets"]) \
+                    and src not in m.get("datasets", exp["datasets"]):
+                raise ConfigError(f"{source}: methods.{mid} runs on {name!r} with models from {src!r} but not on {src!r}")
     aux = exp.setdefault("auxiliary", {})
     for mid, m in methods.items():
         for d in m.get("datasets", []):

@@ -28,19 +28,36 @@ from .utils import atomic_path, get_logger
 log = get_logger(__name__)
 
 #: ``train`` keys that do not change the optimisation path: left out of the resume spec hash.
-NON_PATH_KEYS = ("steps", "checkpoint_every", "log_term_grad_norms")
+NON_PATH_KEYS = ("steps", "epochs", "checkpoint_every", "log_term_grad_norms")
 
 
-def training_schedule(block: dict[str, Any], max_steps: int | None) -> tuple[dict[str, Any], int, dict[str, Any]]:
+def paper_steps(tcfg: dict[str, Any], steps_per_epoch: int | None = None) -> int:
+    """The schedule's own number of steps: ``train.steps`` (default 1000), or ``train.epochs`` x
+    ``steps_per_epoch`` when the schedule is given in epochs (one epoch = one pass over the training pairs).
+
+    Raises:
+        ValueError: ``epochs`` without ``steps_per_epoch``, or both ``steps`` and ``epochs``.
+    """
+    if "epochs" in tcfg:
+        if "steps" in tcfg:
+            raise ValueError("train: give steps or epochs, not both")
+        if not steps_per_epoch:
+            raise ValueError("train.epochs needs the number of steps per epoch (training pairs / batch size)")
+        return int(tcfg["epochs"]) * int(steps_per_epoch)
+    return int(tcfg.get("steps", 1000))
+
+
+def training_schedule(block: dict[str, Any], max_steps: int | None,
+                      steps_per_epoch: int | None = None) -> tuple[dict[str, Any], int, dict[str, Any]]:
     """``(train block, steps, resume spec)`` of a method or auxiliary config ``block``.
 
-    ``steps`` is ``train.steps`` (default 1000) capped by the ``max_steps`` scale knob. The resume spec is the
+    ``steps`` is :func:`paper_steps` capped by the ``max_steps`` scale knob. The resume spec is the
     block without ``train.steps``, ``train.checkpoint_every`` and ``train.log_term_grad_norms`` (none of them
     changes the optimisation path): it goes into the checkpoint's spec hash, so raising the number of steps
     resumes from the last checkpoint instead of starting afresh.
     """
     tcfg = dict(block.get("train", {}))
-    steps = int(tcfg.get("steps", 1000))
+    steps = paper_steps(tcfg, steps_per_epoch)
     if max_steps is not None:
         steps = min(steps, int(max_steps))
     resume = {k: v for k, v in block.items() if k != "train"}

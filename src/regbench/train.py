@@ -12,8 +12,9 @@ terms and weights, optional critics), the model spec, the dataset's prepared spl
 * updates each critic of ``train.critics`` after the registration network on the same batch (adversarial
   training: the critic is a second player of :func:`regbench.engine.run_training_loop`, with its own
   optimiser and loss terms; terms read it as a component by its role),
-* decays the learning rate stepwise with ``train.lr_decay: {every: <steps>, factor: <f>}`` (Zhu et al.
-  2021, Sec. 2.C: x0.5 every 10 epochs),
+* decays the learning rate stepwise with ``train.lr_decay: {every: <steps> | every_epochs: <n>, factor: <f>}``
+  (Zhu et al. 2021, Sec. 2.C: x0.5 every 10 epochs); ``train.epochs`` instead of ``train.steps`` gives the
+  schedule in epochs (one epoch = one pass over the fold's training pairs, batch size taken into account),
 * gives frozen pre-trained components (``components``: auxiliary networks or other methods' trained
   models, by role; ``autoencoder`` is the short form of ``components: {autoencoder: ...}``) to the terms,
 * writes ``checkpoint.pt`` atomically every ``checkpoint_every`` steps (every network, optimiser, step, RNG
@@ -37,7 +38,7 @@ import torch
 
 from .auxiliary import attention_mask, load_auxiliary
 from .data import PreparedDataset
-from .engine import Player, run_training_loop, training_schedule
+from .engine import Player, paper_steps, run_training_loop, training_schedule
 from .errors import ConfigError
 from .metrics import count_parameters
 from .models import build_critic, build_model
@@ -170,8 +171,14 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tcfg, steps, resume_spec = training_schedule(method, max_steps)
-    batch = int(tcfg.get("batch_size", 1))
+    ds = PreparedDataset.open(prep_dir)
+    pairs = ds.pairs_for(fold, "train")
+    batch = int(method.get("train", {}).get("batch_size", 1))
+    epoch = -(-len(pairs) // batch)  # steps per epoch: one pass over the training pairs
+    try:
+        tcfg, steps, resume_spec = training_schedule(method, max_steps, epoch)
+    except ValueError as exc:
+        raise ConfigError(f"method {method.get('name')!r}: {exc}") from exc
     every = int(tcfg.get("checkpoint_every", 100))
     dev = select_device(device)
     paths = dict(components or {})
@@ -184,8 +191,6 @@ def train(
     spec_hash = config_hash({"method": resume_spec, "fold": fold, "seed": seed, "modality": modality,
                              **({"aux": aux_hashes} if aux_hashes else {})})
 
-    ds = PreparedDataset.open(prep_dir)
-    pairs = ds.pairs_for(fold, "train")
     ndim = ds.load(pairs.at[0, "fixed"], pair_columns(modality)["fixed"]).array.ndim
     seed_everything(seed)
     try:
@@ -193,9 +198,11 @@ def train(
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"method {method.get('name')!r}: cannot build model: {exc}") from exc
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-4)))
-    decay = tcfg.get("lr_decay")  # {every: steps, factor: f}: lr x f every `every` steps (Zhu et al. 2021, Sec. 2.C)
-    scheduler = (torch.optim.lr_scheduler.StepLR(opt, int(decay["every"]), float(decay["factor"]))
-                 if decay else None)
+    decay = tcfg.get("lr_decay")  # lr x factor every `every` steps or `every_epochs` epochs (Zhu et al. 2021, Sec. 2.C)
+    scheduler = None
+    if decay:
+        period = int(decay["every"]) if "every" in decay else int(decay["every_epochs"]) * epoch
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, period, float(decay["factor"]))
     label_values = tuple(int(v) for v in labels)
     try:
         terms = [t.to(dev) for t in build_terms(tcfg.get("losses", [{"name": "lncc"}, {"name": "diffusion"}]),
@@ -239,7 +246,7 @@ def train(
                     "params": method.get("model_params", {}), "spec_hash": spec_hash}, tmp)
     info = {
         "method": method.get("name"), "fold": fold, "seed": seed, "steps": steps,
-        "paper_steps": int(tcfg.get("steps", 1000)), "batch_size": batch, "device": str(dev),
+        "paper_steps": paper_steps(tcfg, epoch), "steps_per_epoch": epoch, "batch_size": batch, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "train_wall_s": rows[-1]["elapsed_s"] if rows else 0.0, "n_params": n_params,
         "final_loss": rows[-1]["loss"] if rows else None, "spec_hash": spec_hash,

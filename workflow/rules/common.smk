@@ -19,6 +19,12 @@ wildcard_constraints:
     fold=r"\d+",
 
 
+def model_dataset(e, d):
+    """The dataset whose trained models register dataset d: `datasets.<d>.models_from` (e.g. IXI registered with
+    the networks trained on Mindboggle-101, Zhu et al. 2021 Sec. 3.E), else d itself."""
+    return e["datasets"][d].get("models_from") or d
+
+
 def exp(w):
     return EXPERIMENTS[w.experiment]
 
@@ -115,7 +121,8 @@ def register_inputs(w):
         "pairs": f"data/prep/{w.experiment}/{w.dataset}/pairs.tsv",
     }
     if method_cfg(w)["kind"] == "learned":
-        inputs["model"] = f"work/{w.experiment}/models/{w.dataset}/{w.method}/fold{w.fold}/model.pt"
+        trained_on = model_dataset(exp(w), w.dataset)
+        inputs["model"] = f"work/{w.experiment}/models/{trained_on}/{w.method}/fold{w.fold}/model.pt"
     if method_cfg(w).get("attention"):
         inputs["attention"] = aux_model(w, method_cfg(w)["attention"])
     return inputs
@@ -126,8 +133,8 @@ def report_inputs(name):
     e = EXPERIMENTS[name]
     metrics = [f"results/{name}/metrics/{d}/{m}/fold{f}.tsv" for d, m, f in jobs(e)]
     regs = [f"work/{name}/reg/{d}/{m}/fold{f}/pairs.tsv" for d, m, f in jobs(e)]
-    infos = [f"work/{name}/models/{d}/{m}/fold{f}/train_info.json"
-             for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"]
+    infos = sorted({f"work/{name}/models/{model_dataset(e, d)}/{m}/fold{f}/train_info.json"
+                    for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"})
     aux = [f"results/{name}/aux/{d}/{a}/fold{f}.tsv" for d, a, f in aux_jobs(e)]
     aux_infos = [f"work/{name}/aux/{d}/{a}/fold{f}/train_info.json" for d, a, f in aux_jobs(e)]
     # report.budget_series: other experiments' metrics (built in this run if they are loaded, else committed)
