@@ -52,8 +52,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
-
 from ..errors import ConfigError, DataError
 from ..io import save_image
 from ..utils import atomic_path, get_logger, sha256_file
@@ -107,7 +105,9 @@ _MB_MARKERS = ("t1weighted_brain.nii.gz", "t1weighted.nii.gz", *_MB_LABEL_FILES.
 
 #: LPBA40 subjects S01..S40 (Shattuck et al. 2008).
 LPBA40_SUBJECTS = [f"S{i:02d}" for i in range(1, 41)]
-_LPBA_FILE = re.compile(r"^(?P<id>S\d{2})\.delineation\.(?P<kind>skullstripped|structure\.label)\.(?P<ext>hdr|img|img\.gz|nii\.gz|nii)$")
+_LPBA_FILE = re.compile(
+    r"^(?P<id>S\d{2})\.delineation\.(?P<kind>skullstripped|structure\.label)\.(?P<ext>hdr|img|img\.gz|nii\.gz|nii)$"
+)
 
 _IXI_OFFICIAL = re.compile(r"^(?P<id>IXI\d{3}-(?P<site>Guys|HH|IOP)-\d{4})-T1\.nii(\.gz)?$")
 _IXI_LOCAL_T1 = re.compile(r"^(?P<id>IXI\d{3}-(?P<site>Guys|HH|IOP)-\d{4})_T1\.nii\.gz$")
@@ -390,7 +390,8 @@ def _discover_mindboggle(raw_dir: Path, p: dict) -> Layout:
     spec = LOCAL_ARCHIVES["mindboggle101"]
     local_root = _find_local_root(raw_dir, spec["data_dir"])
     files, dirs = _walk(raw_dir)
-    official_dirs = sorted({f.parent for f in files if f.name in _MB_MARKERS and not f.parent.name.startswith("atlas_")})
+    official_dirs = sorted({f.parent for f in files
+                            if f.name in _MB_MARKERS and not f.parent.name.startswith("atlas_")})
     if local_root is not None and official_dirs:
         raise DataError(
             f"{raw_dir}: holds both the official Mindboggle-101 layout ({official_dirs[0]}) and the local "
@@ -461,7 +462,8 @@ def _discover_lpba40(raw_dir: Path, p: dict) -> Layout:
     spec = LOCAL_ARCHIVES["lpba40"]
     local_root = _find_local_root(raw_dir, spec["data_dir"])
     files, _ = _walk(raw_dir)
-    analyze = [f for f in files if _LPBA_FILE.match(f.name) and _LPBA_FILE.match(f.name).group("ext") in ("hdr", "img", "img.gz")]
+    analyze = [f for f in files
+               if _LPBA_FILE.match(f.name) and _LPBA_FILE.match(f.name).group("ext") in ("hdr", "img", "img.gz")]
     if local_root is not None and analyze:
         raise DataError(
             f"{raw_dir}: holds both the LONI Analyze files ({analyze[0]}) and the local {spec['archive']} copy "
@@ -604,7 +606,8 @@ def discover(reader: str, raw_dir: str | Path, params: dict | None = None) -> La
             Analyze ``.img`` without its ``.hdr`` included); every message names the file and the fix.
         ConfigError: bad params.
     """
-    p = resolve_params(reader, params) if params is None or "reader" not in params else params
+    resolved = params is not None and reader in DEFAULTS and set(DEFAULTS[reader]) | {"reader"} <= set(params)
+    p = params if resolved else resolve_params(reader, params)
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DataError(f"{raw_dir}: raw folder not found; run `regbench fetch {reader}` first")
@@ -730,7 +733,8 @@ def make_split(cases: list[RawCase], p: dict, seed: int) -> dict[str, str]:
         train_sets, test_sets = _expand_sets(s["train_sets"]), _expand_sets(s["test_sets"])
         for name in train_sets + test_sets:
             if name not in MINDBOGGLE_SETS:
-                raise ConfigError(f"split: unknown Mindboggle-101 set {name!r}; sets: {list(MINDBOGGLE_SETS)} (+ Extra-18)")
+                raise ConfigError(
+                    f"split: unknown Mindboggle-101 set {name!r}; sets: {list(MINDBOGGLE_SETS)} (+ Extra-18)")
         both = set(train_sets) & set(test_sets)
         if both:
             raise ConfigError(f"split: sets {sorted(both)} are in both train_sets and test_sets")
@@ -738,7 +742,8 @@ def make_split(cases: list[RawCase], p: dict, seed: int) -> dict[str, str]:
         if absent:
             raise DataError(
                 f"split by set needs Mindboggle-101 sets {absent}, but the raw folder holds only {sets_at_hand}. "
-                f"Fetch the official per-set archives ({', '.join(sorted({MINDBOGGLE_SETS[a]['archive'] for a in absent}))}) "
+                f"Fetch the official per-set archives "
+                f"({', '.join(sorted({MINDBOGGLE_SETS[a]['archive'] for a in absent}))}) "
                 f"for the paper's protocol, or split the subjects at hand: split: {{by: random, n_test: 10}}"
             )
         return {c.case: ("train" if c.set in train_sets else "test") for c in cases
@@ -834,15 +839,17 @@ def _mask(loaded: dict, p: dict, c: RawCase) -> np.ndarray:
     return m
 
 
-def _check_label_values(seg: np.ndarray, groups: dict | None, c: RawCase, strict: bool) -> list[int]:
+def _check_label_values(seg: np.ndarray, groups: dict | None, c: RawCase, check: str) -> list[int]:
+    """Label values of a map (without 0); values missing from the grouping's ``labels`` raise (``check`` =
+    ``error``), are logged (``warn``) or pass (``none``, e.g. the FreeSurfer ids of Mindboggle's +aseg maps)."""
     vals = [int(v) for v in np.unique(seg) if v != 0]
-    if groups is None:
+    if groups is None or check == "none":
         return vals
     unknown = sorted(set(vals) - set(groups["labels"]))
     if unknown:
         msg = (f"{c.label}: label value(s) {unknown[:8]} are not in {groups['path']} (labels); the file is not "
                f"the expected label map")
-        if strict:
+        if check == "error":
             raise DataError(msg)
         log.warning("%s (kept in seg, mapped to 0 in %s)", msg, groups["column"])
     return vals
@@ -930,7 +937,7 @@ def build_brain(raw_dir: str | Path, out_dir: str | Path, params: dict | None, s
     pairs = make_pairs(split, p, seed)
     unlabelled = any(c.label is None for c in cases)
     groups = None if (p["label_groups"] is None or unlabelled) else load_label_groups(p["label_groups"])
-    strict = reader == "lpba40" or (reader == "mindboggle101" and p["labels"] == "DKT31.manual")
+    check = {"lpba40": "error", "ixi": "warn"}.get(reader) or ("error" if p["labels"] == "DKT31.manual" else "none")
     shape = [int(s) for s in p["shape"]]
     if shape != PAPER_SHAPE:
         log.warning("%s: output grid %s differs from the paper's 192^3 (Zhu et al. Sec. 2.C): a scaled-down run",
@@ -983,7 +990,7 @@ def build_brain(raw_dir: str | Path, out_dir: str | Path, params: dict | None, s
             if method == "nyul":
                 info["landmarks"] = [round(float(x), 4) for x in landmarks[c.case]]
             if "seg" in loaded:
-                vals = _check_label_values(loaded["seg"], groups, c, strict)
+                vals = _check_label_values(loaded["seg"], groups, c, check)
                 for v in vals:
                     label_counts[v] = label_counts.get(v, 0) + 1
                 seg_c, _, _ = bp.to_canonical(loaded["seg"], loaded["affine"])
@@ -1060,7 +1067,8 @@ def _metadata(dataset, reader, raw_dir, layout, p, seed, split, pairs, groups, p
             "resize": "field of view kept: spacing_mm = native extent / shape; voxel centres at (n + 0.5) * f - 0.5",
         },
         "grid": {"shape": shape, "paper_shape": PAPER_SHAPE, "scaled_down": shape != PAPER_SHAPE,
-                 "spacing_mm_range": [list(np.min(spacings, axis=0).round(4)), list(np.max(spacings, axis=0).round(4))]},
+                 "spacing_mm_range": [list(np.min(spacings, axis=0).round(4)),
+                                      list(np.max(spacings, axis=0).round(4))]},
         "scale": {"shape": "x".join(map(str, shape)), "subjects": len(per_case), "subjects_found": n_found}
         if shape != PAPER_SHAPE or len(per_case) != n_found else {},
         "protocol": {
