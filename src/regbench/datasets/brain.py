@@ -19,9 +19,9 @@ dataset           official layout (under ``data/raw/<dataset>/``)               
 
 :func:`build_brain` (``regbench preprocess`` kind ``brain``) finds the cases (:func:`discover`), checks them
 against the committed case list (official: the release's subject names; local: the manifest), then for each
-case: checks the image (finite) and the label map (integers, same grid as the image), reorients to RAS+,
-normalises intensities (Nyul histogram standardisation to [0, 1] within the brain by default; Zhu et al.
-Sec. 3.A "histogram and intensity normalization"), resamples to ``params.shape`` (default 192^3, Sec. 2.C;
+case: checks the image (finite) and the label map (integers, same grid as the image), normalises
+intensities (Nyul histogram standardisation to [0, 1] within the brain by default; Zhu et al. Sec. 3.A
+"histogram and intensity normalization"), reorients to RAS+, resamples to ``params.shape`` (default 192^3, Sec. 2.C;
 images linear, labels nearest; the affine records the resized spacing in mm) and writes the grouped label
 map (``config/labels/*.yaml``) beside the fine one. The protocol (split, pairs) is written once to
 ``pairs.tsv``. Everything is built in a hidden staging folder that replaces ``out_dir`` only when complete.
@@ -31,8 +31,8 @@ Parameters: :data:`PARAMS_SCHEMA` (JSON schema, validated by :func:`resolve_para
 
 Command line (maintenance)::
 
-    python -m regbench.datasets.brain manifest <dataset> <extracted archive top folder> <out.tsv>
-    python -m regbench.datasets.brain ixi-rois <extracted IXI30 top folder> <out.yaml>
+    python -m regbench.datasets.brain manifest <extracted archive top folder> config/manifests/<name>.tsv
+    python -m regbench.datasets.brain ixi-volumes <extracted IXI30 top folder>   # DLMUSE ROI volumes (TSV)
 """
 
 from __future__ import annotations
