@@ -256,6 +256,13 @@ def test_config_checks_components_and_critic_references():
         validate_experiment(bad, "test")
     ok2 = _experiment(vm=copy.deepcopy(VM), student={**copy.deepcopy(VM), "components": {"teacher": "vm"}})
     validate_experiment(ok2, "test")
+    reuse = {"name": "VM again", "kind": "learned", "model_from": "vm", "model_params": {"variant": "vm1"}}
+    validate_experiment(_experiment(vm=copy.deepcopy(VM), again=reuse), "test")
+    with pytest.raises(ConfigError, match="model_from: 'again' must be a learned method that trains"):
+        validate_experiment(_experiment(vm=copy.deepcopy(VM), again=reuse, twice={**reuse, "model_from": "again"}),
+                            "test")
+    with pytest.raises(ConfigError, match="model_from"):  # schema: model_from excludes train
+        validate_experiment(_experiment(vm=copy.deepcopy(VM), again={**reuse, "train": VM["train"]}), "test")
     no_critic = copy.deepcopy(ADV)
     del no_critic["train"]["critics"]
     with pytest.raises(ConfigError, match="'adversarial' needs component 'critic'"):

@@ -77,3 +77,21 @@ def test_trains_with_the_papers_loss_by_config_and_decays_the_learning_rate(tiny
                                rtol=1e-5)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["scheduler"]["last_epoch"] == 3
+
+
+def test_affine_only_reuses_the_trained_weights_and_returns_the_affine_part(tiny_prepared, tmp_path):
+    from regbench.register import register_pairs
+    from regbench.train import load_trained
+
+    path = train(tiny_prepared, tmp_path / "run", ZHU, 0, 0, "img", [1, 2], device="cpu")
+    full = load_trained(path, torch.device("cpu"))
+    aff = load_trained(path, torch.device("cpu"), {"affine_only": True})
+    m, f = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        a, b = full(m, f), aff(m, f)
+    assert torch.equal(b["ddf"], a["affine_ddf"]) and "phi" not in b
+    method = {"name": "Our affine alignment", "kind": "learned", "model_from": "zhu", "model_params": {"affine_only": True}}
+    table = register_pairs(tiny_prepared, tmp_path / "reg", method, 0, 0, "img", device="cpu", model_path=path)
+    assert len(pd.read_csv(table, sep="\t")) == 2
+    with pytest.raises(Exception, match="weights do not fit"):
+        load_trained(path, torch.device("cpu"), {"decoder": [8, 8, 8]})

@@ -134,6 +134,12 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
             if ref is not None and (ref not in aux or aux[ref]["kind"] != kind):
                 known = sorted(a for a, v in aux.items() if v["kind"] == kind)
                 raise ConfigError(f"{source}: methods.{mid}.{key}: {ref!r} is not an auxiliary {kind}; known: {known}")
+        src = m.get("model_from")
+        if src is not None and (src not in methods or methods[src]["kind"] != "learned" or methods[src].get("model_from")):
+            raise ConfigError(f"{source}: methods.{mid}.model_from: {src!r} must be a learned method that trains "
+                              "its own model")
+        if src is not None and set(m.get("datasets", exp["datasets"])) - set(methods[src].get("datasets", exp["datasets"])):
+            raise ConfigError(f"{source}: methods.{mid}.model_from: {src!r} does not run on all of its datasets")
         comps = method_components(m)
         for role, ref in comps.items():
             if ref not in aux and (ref not in methods or methods[ref]["kind"] != "learned" or ref == mid):

@@ -119,7 +119,9 @@ def register_pairs(
         if model_path is None:
             raise ConfigError(f"method {method.get('name')!r} is learned but no trained model was given")
         dev = select_device(device)
-        model = load_trained(model_path, dev)
+        # a method with model_from reuses another method's weights; its model_params override settings such as
+        # affine_only (architecture-neutral)
+        model = load_trained(model_path, dev, method.get("model_params") if method.get("model_from") else None)
         inference_size = method.get("inference_size")
         attention = None
         if method.get("attention"):

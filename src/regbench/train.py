@@ -259,10 +259,23 @@ def train(
     return model_path
 
 
-def load_trained(model_path: str | Path, device: torch.device) -> torch.nn.Module:
-    """Load ``model.pt`` written by :func:`train` in eval mode on ``device``."""
+def load_trained(model_path: str | Path, device: torch.device,
+                 overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Load ``model.pt`` written by :func:`train` in eval mode on ``device``.
+
+    ``overrides`` are model parameters merged over the trained ones (settings that change what the forward
+    pass returns but not the weights, e.g. ``{"affine_only": true}`` of the Zhu et al. network; a method with
+    ``model_from`` passes its ``model_params``).
+
+    Raises:
+        ConfigError: the overrides change the architecture (the weights no longer load).
+    """
     blob = torch.load(model_path, map_location=device, weights_only=False)
-    model = build_model(blob["name"], blob["ndim"], **blob["params"]).to(device)
-    model.load_state_dict(blob["model"])
+    params = {**blob["params"], **(overrides or {})}
+    model = build_model(blob["name"], blob["ndim"], **params).to(device)
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"{model_path}: the weights do not fit model parameters {params}: {exc}") from exc
     model.eval()
     return model

@@ -122,7 +122,8 @@ def register_inputs(w):
     }
     if method_cfg(w)["kind"] == "learned":
         trained_on = model_dataset(exp(w), w.dataset)
-        inputs["model"] = f"work/{w.experiment}/models/{trained_on}/{w.method}/fold{w.fold}/model.pt"
+        owner = method_cfg(w).get("model_from") or w.method  # a method may reuse another method's weights
+        inputs["model"] = f"work/{w.experiment}/models/{trained_on}/{owner}/fold{w.fold}/model.pt"
     if method_cfg(w).get("attention"):
         inputs["attention"] = aux_model(w, method_cfg(w)["attention"])
     return inputs
@@ -133,8 +134,8 @@ def report_inputs(name):
     e = EXPERIMENTS[name]
     metrics = [f"results/{name}/metrics/{d}/{m}/fold{f}.tsv" for d, m, f in jobs(e)]
     regs = [f"work/{name}/reg/{d}/{m}/fold{f}/pairs.tsv" for d, m, f in jobs(e)]
-    infos = sorted({f"work/{name}/models/{model_dataset(e, d)}/{m}/fold{f}/train_info.json"
-                    for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"})
+    infos = sorted({f"work/{name}/models/{model_dataset(e, d)}/{e['methods'][m].get('model_from') or m}"
+                    f"/fold{f}/train_info.json" for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"})
     aux = [f"results/{name}/aux/{d}/{a}/fold{f}.tsv" for d, a, f in aux_jobs(e)]
     aux_infos = [f"work/{name}/aux/{d}/{a}/fold{f}/train_info.json" for d, a, f in aux_jobs(e)]
     # report.budget_series: other experiments' metrics (built in this run if they are loaded, else committed)

@@ -131,6 +131,9 @@ class Zhu2021Net(nn.Module):
         dilation_rates: of the dilated block (paper: 1, 2, 4, 8).
         decoder: widths of the three decoder levels (ours: 32, 32, 16).
         in_channels: channels per input image.
+        affine_only: return the affine part alone (``ddf`` = ``affine_ddf``, ``warped`` = ``affine_warped``)
+            without running the deformable subnetwork: "Our affine alignment" of Table I and "Ours (affine
+            only)" of Table III. It changes no weights, so a trained model can be loaded with it.
 
     Forward ``moving``, ``fixed``: ``(B, C, *spatial)``, spatial sizes divisible by 8, one grid. Returns a
     dict with ``ddf`` ``(B, ndim, *spatial)`` (voxels), ``warped``, ``affine_warped``, ``affine_ddf``,
@@ -141,9 +144,11 @@ class Zhu2021Net(nn.Module):
     """
 
     def __init__(self, ndim: int = 3, affine: bool = True, dilation_rates: tuple[int, ...] = (1, 2, 4, 8),
-                 decoder: tuple[int, ...] = DECODER, in_channels: int = 1):
+                 decoder: tuple[int, ...] = DECODER, in_channels: int = 1, affine_only: bool = False):
         super().__init__()
-        self.ndim, self.use_affine = ndim, bool(affine)
+        if affine_only and not affine:
+            raise ValueError("affine_only needs the affine subnetwork (affine=True)")
+        self.ndim, self.use_affine, self.affine_only = ndim, bool(affine), bool(affine_only)
         self.encoder = SharedEncoder(ndim, 2 * in_channels)
         enc = self.encoder.widths
         n_affine = ndim * (ndim + 1)
@@ -179,6 +184,8 @@ class Zhu2021Net(nn.Module):
             matrix, affine_ddf = self._affine(self.encoder(torch.cat([moving, fixed], 1))[-1], shape)
             aligned = spatial.warp(moving, affine_ddf)
             out.update(affine=matrix, affine_ddf=affine_ddf)
+            if self.affine_only:
+                return {**out, "affine_warped": aligned, "ddf": affine_ddf, "warped": aligned}
         else:
             affine_ddf, aligned = None, moving
         feats = self.encoder(torch.cat([aligned, fixed], 1))
