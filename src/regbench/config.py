@@ -88,7 +88,22 @@ def resolve_extends(exp: dict[str, Any], source: str, base: str | Path = ".",
     return merged
 
 
-def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
+def _grouping_labels(path: str, where: str, base: str | Path) -> dict[int, str]:
+    """``{group id: name}`` of a label grouping file (``config/labels/*.yaml``: ``groups: {id: {name: ...}}``).
+
+    Raises:
+        ConfigError: the file is missing or has no ``groups`` mapping with names.
+    """
+    full = Path(base) / path
+    if not full.exists():
+        raise ConfigError(f"{where}: label grouping file {path!r} not found")
+    groups = (load_yaml(full) or {}).get("groups")
+    if not isinstance(groups, dict) or not groups or not all(isinstance(g, dict) and "name" in g for g in groups.values()):
+        raise ConfigError(f"{where}: {path} has no `groups: {{id: {{name: ...}}}}` mapping")
+    return {int(k): str(g["name"]) for k, g in groups.items()}
+
+
+def validate_experiment(exp: dict[str, Any], source: str, base: str | Path = ".") -> dict[str, Any]:
     """Validate one experiment dict and cross-check references; return a normalised deep copy.
 
     Normalisation: label keys become ``int``; ``device`` defaults to ``auto``; ``scale`` to no knobs.
@@ -103,6 +118,8 @@ def validate_experiment(exp: dict[str, Any], source: str) -> dict[str, Any]:
     exp.setdefault("registry", "config/datasets.yaml")
     exp.setdefault("scale", {})
     for name, ds in exp["datasets"].items():
+        if isinstance(ds["labels"], str):
+            ds["labels"] = _grouping_labels(ds["labels"], f"{source}: datasets.{name}.labels", base)
         ds["labels"] = {int(k): str(v) for k, v in ds["labels"].items()}
         ds.setdefault("unit", "mm")
         ds.setdefault("seg", "seg")
@@ -176,13 +193,13 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
         # One experiment given with --configfile: Snakemake merges it over the default config/config.yaml,
         # whose `experiments` list is then not what the user asked for.
         inline = {k: v for k, v in config.items() if k != "experiments"}
-        exp = validate_experiment(resolve_extends(inline, "config", base), "config")
+        exp = validate_experiment(resolve_extends(inline, "config", base), "config", base)
         return {exp["experiment"]: exp}
     if "experiments" in config:
         out: dict[str, dict[str, Any]] = {}
         for entry in config["experiments"]:
             path = Path(base) / entry
-            exp = validate_experiment(resolve_extends(load_yaml(path) or {}, str(entry), base), str(entry))
+            exp = validate_experiment(resolve_extends(load_yaml(path) or {}, str(entry), base), str(entry), base)
             if exp["experiment"] in out:
                 raise ConfigError(f"{entry}: experiment name {exp['experiment']!r} is used twice")
             out[exp["experiment"]] = exp

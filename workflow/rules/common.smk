@@ -102,6 +102,15 @@ def fixed_column(modality):
     return modality if isinstance(modality, str) else modality["fixed"]
 
 
+def prep_params(w):
+    """The dataset's reader parameters, with the `scale.image_shape` knob as the brain readers' `shape`."""
+    params = dict(dataset_cfg(w)["params"])
+    shape = exp(w)["scale"].get("image_shape")
+    if shape and dataset_cfg(w)["preprocess"] == "brain":
+        params["shape"] = list(shape)
+    return params
+
+
 def spec_json(obj):
     return json.dumps(obj, sort_keys=True)
 
@@ -129,13 +138,17 @@ def register_inputs(w):
     return inputs
 
 
+def train_info(name, dataset, method, fold):
+    return f"work/{name}/models/{dataset}/{method}/fold{fold}/train_info.json"
+
+
 def report_inputs(name):
     """Inputs of experiment `name`'s report: metrics, registration tables, training infos, aux metrics."""
     e = EXPERIMENTS[name]
     metrics = [f"results/{name}/metrics/{d}/{m}/fold{f}.tsv" for d, m, f in jobs(e)]
     regs = [f"work/{name}/reg/{d}/{m}/fold{f}/pairs.tsv" for d, m, f in jobs(e)]
-    infos = sorted({f"work/{name}/models/{model_dataset(e, d)}/{e['methods'][m].get('model_from') or m}"
-                    f"/fold{f}/train_info.json" for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"})
+    infos = sorted({train_info(name, model_dataset(e, d), e["methods"][m].get("model_from") or m, f)
+                    for d, m, f in jobs(e) if e["methods"][m]["kind"] == "learned"})
     aux = [f"results/{name}/aux/{d}/{a}/fold{f}.tsv" for d, a, f in aux_jobs(e)]
     aux_infos = [f"work/{name}/aux/{d}/{a}/fold{f}/train_info.json" for d, a, f in aux_jobs(e)]
     # report.budget_series: other experiments' metrics (built in this run if they are loaded, else committed)

@@ -8,7 +8,7 @@ rule preprocess:
     params:
         spec=lambda w: spec_json({
             "dataset": w.dataset, "preprocess": dataset_cfg(w)["preprocess"],
-            "params": dataset_cfg(w)["params"], "seed": exp(w)["seed"],
+            "params": prep_params(w), "seed": exp(w)["seed"],
         }),
         raw=lambda w: f"data/raw/{w.dataset}",
         out=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
