@@ -273,9 +273,13 @@ def test_config_checks_components_and_critic_references():
 
 
 def test_atomic_writes_are_readable_like_ordinary_files(tmp_path):
+    from regbench.utils import staging_dir
+
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
         assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+        stage = staging_dir(tmp_path, "prep")
+        assert stage.name.startswith(".prep.") and stat.S_IMODE(stage.stat().st_mode) == 0o755
     finally:
         os.umask(old)

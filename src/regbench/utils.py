@@ -58,6 +58,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def staging_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A fresh hidden folder ``parent/.<name>.<rand>.partial`` for building an output folder that is renamed
+    into place when complete. Unlike ``tempfile.mkdtemp`` (owner-only ``0o700``), it gets the mode an
+    ordinary ``mkdir`` would give (``0o777`` less the umask), so the published folder is readable like any
+    other."""
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
+    os.chmod(stage, 0o777 & ~_umask())
+    return stage
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file + rename)."""
     with atomic_path(path) as tmp:

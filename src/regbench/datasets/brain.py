@@ -44,7 +44,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ import numpy as np
 import pandas as pd
 from ..errors import ConfigError, DataError
 from ..io import save_image
-from ..utils import atomic_path, get_logger, sha256_file
+from ..utils import atomic_path, get_logger, sha256_file, staging_dir
 from . import brain_prep as bp
 from .analyze import analyze_pair
 from .fetch import read_fetch_record
@@ -965,7 +964,7 @@ def build_brain(raw_dir: str | Path, out_dir: str | Path, params: dict | None, s
         standard = np.mean(scaled, axis=0)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    stage = staging_dir(out_dir.parent, out_dir.name)
     try:
         rows, per_case, label_counts = [], {}, {}
         for c in tqdm(cases, desc=f"{dataset}: cases", unit="case", leave=False):

@@ -45,7 +45,6 @@ import lzma
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from ..errors import ChecksumError, ConfigError, DataError, ManualDownloadRequired
-from ..utils import atomic_path, get_logger, sha256_file
+from ..utils import atomic_path, get_logger, sha256_file, staging_dir
 
 __all__ = ["FETCHED_NAME", "DOWNLOADS_DIR", "fetch_dataset", "read_fetch_record", "layout_patterns"]
 
@@ -342,7 +341,7 @@ def _already_fetched(job: _Job) -> bool:
 @contextlib.contextmanager
 def _staging(job: _Job) -> Iterator[Path]:
     """A fresh hidden folder beside the target; removed on exit unless it was committed (renamed)."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{job.name}.", suffix=".partial", dir=job.raw_root))
+    stage = staging_dir(job.raw_root, job.name)
     try:
         yield stage
     finally:
