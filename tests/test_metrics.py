@@ -369,3 +369,201 @@ def test_evaluate_pair_px_and_no_truth():
     # no segmentation: one row keeping the pair-level values
     (r,) = M.evaluate_pair(img, img, None, None, np.zeros((2, *shape)), (1, 1), [])
     assert r["label"] == -1 and math.isnan(r["dsc"]) and r["cc"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------- cropped and multi-label surface metrics
+def _full_grid_surface_distances(a, b, spacing, connectivity=1):
+    """Reference: the uncropped computation (erosion and EDT over the whole grid), as before cropping."""
+    from scipy import ndimage
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if not a.any() or not b.any():
+        return np.zeros(0), np.zeros(0)
+    st = ndimage.generate_binary_structure(a.ndim, connectivity)
+    sa = a ^ ndimage.binary_erosion(a, structure=st, border_value=0)
+    sb = b ^ ndimage.binary_erosion(b, structure=st, border_value=0)
+    s = np.broadcast_to(np.asarray(spacing, float), (a.ndim,))
+    return (ndimage.distance_transform_edt(~sb, sampling=s)[sa],
+            ndimage.distance_transform_edt(~sa, sampling=s)[sb])
+
+
+def _random_blob(rng, shape, p=0.35, smooth=1):
+    from scipy import ndimage
+
+    m = ndimage.uniform_filter(rng.random(shape), size=2 * smooth + 1) > 1 - p
+    return m
+
+
+def _border_cases(shape):
+    """Masks that touch the array border in different ways (faces, corners, the whole grid, one voxel)."""
+    nd = len(shape)
+    out = []
+    full = np.ones(shape, bool)
+    out.append(full)
+    corner = np.zeros(shape, bool)
+    corner[(slice(0, 3),) * nd] = True
+    out.append(corner)
+    far_corner = np.zeros(shape, bool)
+    far_corner[(slice(-2, None),) * nd] = True
+    out.append(far_corner)
+    slab = np.zeros(shape, bool)
+    slab[0] = True
+    out.append(slab)
+    last = np.zeros(shape, bool)
+    last[..., -1] = True
+    out.append(last)
+    voxel = np.zeros(shape, bool)
+    voxel[(0,) * nd] = True
+    out.append(voxel)
+    return out
+
+
+SPACINGS = {2: [(1.0, 1.0), (0.7, 1.3), (2.0, 0.5)], 3: [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5), (0.9, 1.1, 3.0)]}
+
+
+@pytest.mark.parametrize("shape", [(23, 31), (13, 17, 11)])
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_cropped_equals_uncropped_random_and_border(shape, connectivity):
+    rng = np.random.default_rng(10 + len(shape) + connectivity)
+    masks = [_random_blob(rng, shape, p) for p in (0.05, 0.2, 0.5)] + _border_cases(shape)
+    small = np.zeros(shape, bool)
+    small[tuple(s // 2 for s in shape)] = True  # one interior voxel: the crop is 1 voxel wide
+    masks.append(small)
+    masks.append(rng.random(shape) > 0.9)  # speckle: many tiny components spread over the grid
+    for sp in SPACINGS[len(shape)]:
+        for i, a in enumerate(masks):
+            for b in masks[i:]:
+                got = M.surface_distances(a, b, sp, connectivity)
+                ref = _full_grid_surface_distances(a, b, sp, connectivity)
+                np.testing.assert_array_equal(got[0], ref[0])  # same values, same (C) order, bit for bit
+                np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_full_grid_mask_border_is_surface_hand_computed():
+    # A = the whole 5x5 grid: its surface is the 16 border pixels (the array border counts as outside).
+    # B = the centre pixel. d_ab: 4 edge midpoints at 2, 8 pixels at sqrt 5, 4 corners at sqrt 8; d_ba = [2].
+    f = np.ones((5, 5), np.int16)
+    w = np.zeros((5, 5), np.int16)
+    w[2, 2] = 1
+    r5, r8 = math.sqrt(5), math.sqrt(8)
+    d_ab, d_ba = M.surface_distances(f == 1, w == 1)
+    np.testing.assert_allclose(np.sort(d_ab), [2.0] * 4 + [r5] * 8 + [r8] * 4)
+    np.testing.assert_allclose(d_ba, [2.0])
+    m = M.surface_metrics_per_label(f, w, [1])[1]
+    assert m["dsc"] == pytest.approx(2 / 26)
+    assert m["hd"] == pytest.approx(r8)
+    assert m["hd95"] == pytest.approx(r8)  # P95 of 16 sorted values: between the 15th and 16th, both sqrt 8
+    assert m["assd"] == pytest.approx((4 * 2 + 8 * r5 + 4 * r8 + 2) / 17)
+    # spacing (3, 1): the border ring is nearest along axis 1 (2 * 1 = 2), so d_ba = [2]; corners sqrt(36 + 4)
+    m = M.surface_metrics_per_label(f, w, [1], spacing=(3.0, 1.0))[1]
+    assert m["hd"] == pytest.approx(math.sqrt(40))
+    assert M.surface_distances(f == 1, w == 1, (3.0, 1.0))[1] == pytest.approx([2.0])
+
+
+def test_surface_metrics_per_label_hand_computed():
+    # label 1: cube shifted by 2 voxels along axis 0 (spacing 2 -> HD 4 mm); label 2: bar vs its end voxel
+    # on the array border (d_ab = 0..9 voxels along axis 2, spacing 0.5); label 3 absent from both;
+    # label 4 in the fixed map only.
+    shape = (20, 16, 12)
+    sp = (2.0, 1.0, 0.5)
+    f = np.zeros(shape, np.uint8)
+    w = np.zeros(shape, np.uint8)
+    f[box(shape, (2, 2, 2), (8, 8, 8))] = 1
+    w[box(shape, (4, 2, 2), (10, 8, 8))] = 1
+    f[box(shape, (15, 15, 2), (16, 16, 12))] = 2  # 1x1x10 bar touching the array border (axis 1 and 2)
+    w[15, 15, 2] = 2
+    f[0, 0, 0] = 4
+    out = M.surface_metrics_per_label(f, w, [1, 2, 3, 4], sp)
+    assert list(out) == [1, 2, 3, 4]
+    assert out[1]["dsc"] == pytest.approx(4 / 6)
+    assert out[1]["hd"] == pytest.approx(4.0)
+    d = 0.5 * np.arange(10.0)  # bar -> point
+    assert out[2]["dsc"] == pytest.approx(2 / 11)
+    assert out[2]["hd"] == pytest.approx(4.5)
+    assert out[2]["hd95"] == pytest.approx(np.percentile(d, 95))  # 0.5 * 8.55 = 4.275; the other way: 0
+    assert out[2]["hd95"] == pytest.approx(4.275)
+    assert out[2]["assd"] == pytest.approx(d.sum() / 11)
+    assert math.isnan(out[3]["dsc"]) and all(math.isnan(out[3][k]) for k in ("hd", "hd95", "assd"))
+    assert out[4]["dsc"] == 0.0 and all(math.isnan(out[4][k]) for k in ("hd", "hd95", "assd"))
+    assert all(isinstance(v, float) for m in out.values() for v in m.values())
+
+
+def _single(f, w, lab, sp, connectivity=1):
+    a, b = f == lab, w == lab
+    return {"dsc": M.dice(a, b), "hd": M.hd(a, b, sp, connectivity), "hd95": M.hd95(a, b, sp, connectivity),
+            "assd": M.assd(a, b, sp, connectivity)}
+
+
+def _assert_same(got, ref):
+    assert set(got) == set(ref)
+    for k in ref:
+        if math.isnan(ref[k]):
+            assert math.isnan(got[k]), k
+        else:
+            assert got[k] == ref[k], (k, got[k], ref[k])  # identical floats, not approximately equal
+
+
+@pytest.mark.parametrize("shape,sp", [((30, 34), (0.7, 1.3)), ((18, 20, 16), (2.0, 1.0, 0.5)),
+                                      ((18, 20, 16), (1.0, 1.0, 1.0))])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])
+def test_multi_label_equals_single_functions(shape, sp, dtype):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    # smooth random label maps with labels 1..9 (plus 0); the warped one is the fixed one perturbed
+    noise = ndimage.gaussian_filter(rng.normal(size=shape), 2)
+    f = np.digitize(noise, np.quantile(noise, np.linspace(0.05, 0.95, 9))).astype(dtype)
+    w = f.copy()
+    flip = rng.random(shape) < 0.1
+    w[flip] = rng.integers(0, 10, size=int(flip.sum()))
+    w[w == 7] = 0  # label 7 only in the fixed map
+    f[f == 8] = 3  # label 8 only in the warped map
+    f.flat[0], w.flat[-1] = 5, 6  # labels on the array corners
+    labels = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 0]  # 11 absent everywhere; 0 (background) takes the slow path
+    out = M.surface_metrics_per_label(f, w, labels, sp)
+    assert list(out) == labels
+    for lab in labels:
+        _assert_same(out[lab], _single(f, w, lab, sp))
+    out2 = M.surface_metrics_per_label(f, w, [2, 5], sp, connectivity=len(shape))
+    for lab in (2, 5):
+        _assert_same(out2[lab], _single(f, w, lab, sp, connectivity=len(shape)))
+
+
+def test_multi_label_odd_maps():
+    rng = np.random.default_rng(3)
+    shape = (15, 14, 13)
+    f = rng.integers(-2, 4, size=shape)
+    w = np.roll(f, 1, axis=0)
+    # negative labels and 0 take the per-label path; torch tensors are accepted
+    out = M.surface_metrics_per_label(torch.from_numpy(f), torch.from_numpy(w), [-2, -1, 0, 1, 3], 1.5)
+    for lab in (-2, -1, 0, 1, 3):
+        _assert_same(out[lab], _single(f, w, lab, 1.5))
+    # float map with non-integer values: no find_objects cast; == comparison as in the single functions
+    ff = f.astype(np.float64) + 0.5 * (f == 3)
+    out = M.surface_metrics_per_label(ff, w.astype(np.float64), [1, 3], None)
+    for lab in (1, 3):
+        _assert_same(out[lab], _single(ff, w.astype(np.float64), lab, None))
+    assert out[3]["dsc"] == 0.0  # 3.5 is not 3
+    # boolean maps (label 1 = True)
+    fb, wb = f > 1, w > 1
+    _assert_same(M.surface_metrics_per_label(fb, wb, [1])[1], _single(fb, wb, 1, None))
+    # uint8 map and a label above its range: absent
+    assert math.isnan(M.surface_metrics_per_label(f.astype(np.uint8) * 0, w.astype(np.uint8) * 0, [300])[300]["dsc"])
+    with pytest.raises(ValueError):
+        M.surface_metrics_per_label(f, w[:-1], [1])
+    with pytest.raises(ValueError):
+        M.surface_metrics_per_label(f, w, [1], spacing=(1.0, 1.0))
+
+
+def test_evaluate_pair_equals_single_functions():
+    rng = np.random.default_rng(5)
+    shape = (16, 18, 14)
+    f = rng.integers(0, 6, size=shape).astype(np.int16)
+    w = np.roll(f, (1, -2), axis=(0, 2))
+    w[w == 4] = 0
+    sp = (1.2, 0.8, 2.5)
+    img = rng.normal(size=shape)
+    rows = M.evaluate_pair(img, img, f, w, np.zeros((3, *shape)), sp, [1, 2, 3, 4, 5, 9])
+    for r in rows:
+        ref = _single(f, w, r["label"], sp)
+        _assert_same({"dsc": r["dsc"], "hd": r["hd_mm"], "hd95": r["hd95_mm"], "assd": r["assd_mm"]}, ref)

@@ -1,7 +1,9 @@
 """Evaluate the registrations of one (dataset, method, fold): one metrics row per test pair x label.
 
 Reads the prepared dataset and the folder written by :mod:`regbench.register`; writes a TSV with the
-columns documented in :mod:`regbench.metrics` and ``docs/metrics.md``. Where the dataset carries a
+columns documented in :mod:`regbench.metrics` and ``docs/metrics.md``; the per-label DSC, HD95, HD and ASSD of
+a pair come from one :func:`regbench.metrics.surface_metrics_per_label` call (inside
+:func:`regbench.metrics.evaluate_pair`), which crops each label to its bounding box. Where the dataset carries a
 ground-truth template-to-case field per case (column ``ddf`` in ``cases.tsv``, the synthetic demo), the pair's
 true DDF is derived with :func:`regbench.datasets.demo.true_pair_ddf` and TRE is measured over the fixed
 image's foreground (label > 0) voxels. A ``ssim_clean`` column of the registration table (methods with

@@ -40,6 +40,7 @@ __all__ = [
     "hd",
     "hd95",
     "assd",
+    "surface_metrics_per_label",
     "jacobian_stats",
     "tre",
     "landmark_tre",
@@ -133,10 +134,50 @@ def dice_per_label(fixed_seg, warped_seg, labels: Iterable[int]) -> dict[int, fl
 
 
 # ------------------------------------------------------------------------------------- surface distances
-def _surface(mask: np.ndarray, connectivity: int) -> np.ndarray:
-    """Surface voxels: ``mask XOR binary_erosion(mask, structure)``; voxels on the array border count."""
-    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
-    return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
+# Speed: every surface computation below works on the masks cropped to the bounding box of their union
+# (``A | B``), never on the whole grid. The results equal those of the uncropped computation exactly:
+#
+# * Erosion: a voxel on a face of the union box has its outward neighbour outside the box, hence outside the
+#   mask, so it is a surface voxel in the full grid; in the crop that neighbour lies beyond the crop and counts
+#   as background (``border_value=0``), so it is a surface voxel there too. Inside the box the neighbourhoods
+#   are the same. The array border (treated as background, so mask voxels on it are surface) behaves the same
+#   in both. No margin and no padding is needed (a margin of 1 would give the same values, only bigger arrays).
+# * Distances: every surface voxel of both masks lies inside the box, so the nearest surface voxel of ``B``
+#   from a surface voxel of ``A`` is found inside the crop; ``distance_transform_edt`` is exact (no border
+#   term), and voxel offsets, hence distances, are unchanged by the shift of origin.
+# * Order: boolean indexing visits a sub-box in the same C order as the full grid, so the directed distance
+#   arrays come out in the same order.
+#
+# tests/test_metrics.py checks cropped against uncropped values, masks touching the array border included.
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Tight bounding box of a boolean mask as a tuple of slices, or ``None`` when the mask is empty."""
+    box = []
+    for ax in range(mask.ndim):
+        nz = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != ax)))
+        if nz.size == 0:
+            return None
+        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(box)
+
+
+def _union_box(p: tuple[slice, ...] | None, q: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    """Smallest box holding both boxes (``None`` = empty)."""
+    if p is None:
+        return q
+    if q is None:
+        return p
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(p, q))
+
+
+def _cropped_surface_distances(
+    a: np.ndarray, b: np.ndarray, s: np.ndarray, structure: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances of two non-empty masks already cropped to (a box holding) their union."""
+    sa = a ^ ndimage.binary_erosion(a, structure=structure, border_value=0)
+    sb = b ^ ndimage.binary_erosion(b, structure=structure, border_value=0)
+    d_ab = ndimage.distance_transform_edt(~sb, sampling=s)[sa]
+    d_ba = ndimage.distance_transform_edt(~sa, sampling=s)[sb]
+    return d_ab.astype(np.float64, copy=False), d_ba.astype(np.float64, copy=False)
 
 
 def surface_distances(
@@ -150,9 +191,11 @@ def surface_distances(
     when one of its face neighbours is outside ``M`` (or outside the array). This is the choice of MONAI
     (``get_mask_edges``) and medpy. ``connectivity=ndim`` gives full connectivity (26/8), a thicker surface.
 
-    Distances: ``d_ab[k]`` is the Euclidean distance from the ``k``-th surface voxel centre of ``a`` to the
-    nearest surface voxel centre of ``b``, computed with
-    ``scipy.ndimage.distance_transform_edt(~S(b), sampling=spacing)``; ``d_ba`` likewise.
+    Distances: ``d_ab[k]`` is the Euclidean distance from the ``k``-th surface voxel centre of ``a`` (C order)
+    to the nearest surface voxel centre of ``b``, computed with
+    ``scipy.ndimage.distance_transform_edt(~S(b), sampling=spacing)``; ``d_ba`` likewise. Both are computed on
+    the bounding box of ``a | b`` only, which gives the same values as the whole grid (the reasoning is in the
+    comment that opens this section of the source; ``tests/test_metrics.py`` checks it).
 
     Args:
         a, b: masks of equal shape ``(*spatial)``, 2D or 3D.
@@ -162,15 +205,18 @@ def surface_distances(
     Returns:
         ``(d_ab, d_ba)`` 1-D float64 arrays in the unit of ``spacing`` (lengths = numbers of surface voxels
         of ``a`` and ``b``). Both are empty when either mask is empty (distances to nothing are undefined).
+
+    Raises:
+        ValueError: the masks differ in shape, or ``spacing`` is not positive and finite with one value per
+            axis (or one scalar).
     """
     a, b = _pair_masks(a, b)
     s = _spacing(spacing, a.ndim)
     if not a.any() or not b.any():
         return np.zeros(0), np.zeros(0)
-    sa, sb = _surface(a, connectivity), _surface(b, connectivity)
-    dt_b = ndimage.distance_transform_edt(~sb, sampling=s)
-    dt_a = ndimage.distance_transform_edt(~sa, sampling=s)
-    return dt_b[sa].astype(np.float64), dt_a[sb].astype(np.float64)
+    box = _bbox(a | b)
+    structure = ndimage.generate_binary_structure(a.ndim, connectivity)
+    return _cropped_surface_distances(a[box], b[box], s, structure)
 
 
 def _surface_summary(d_ab: np.ndarray, d_ba: np.ndarray) -> tuple[float, float, float]:
@@ -181,6 +227,100 @@ def _surface_summary(d_ab: np.ndarray, d_ba: np.ndarray) -> tuple[float, float, 
     h95 = float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
     asd = float((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size))
     return h, h95, asd
+
+
+_MAX_FIND_OBJECTS = 1 << 20  # largest label value found with one find_objects pass (one list slot per value)
+
+
+def _label_boxes(seg: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Bounding box of ``seg == lab`` for every label (``None`` where absent).
+
+    Positive labels of an integer map (or of a float map whose values are all whole numbers) come from one
+    ``scipy.ndimage.find_objects`` pass over the map; other labels (0, negative values, other dtypes) from a
+    pass over ``seg == lab`` each.
+    """
+    boxes: dict[int, tuple[slice, ...] | None] = {}
+    pos = [lab for lab in labels if lab >= 1]
+    if pos and max(pos) <= _MAX_FIND_OBJECTS:
+        lab_map = None
+        if seg.dtype.kind in "iu":
+            lab_map = seg
+        elif seg.dtype.kind == "b":
+            lab_map = seg.view(np.uint8)
+        elif seg.dtype.kind == "f" and seg.size:
+            lo, hi = seg.min(), seg.max()
+            whole = np.isfinite(lo) and np.isfinite(hi) and -(2**31) <= lo and hi < 2**31
+            if whole and np.array_equal(seg, np.rint(seg)):
+                lab_map = seg.astype(np.int32)
+        if lab_map is not None:
+            objs = ndimage.find_objects(lab_map, max_label=max(pos))
+            boxes = {lab: objs[lab - 1] for lab in pos}
+    for lab in labels:
+        if lab not in boxes:
+            boxes[lab] = _bbox(seg == lab)
+    return boxes
+
+
+def surface_metrics_per_label(
+    fixed_seg,
+    warped_seg,
+    labels: Iterable[int],
+    spacing: Sequence[float] | float | None = None,
+    connectivity: int = 1,
+) -> dict[int, dict[str, float]]:
+    """DSC, HD, HD95 and ASSD of every label of two label maps at once (the fast path of evaluation).
+
+    For each label the values equal those of :func:`dice`, :func:`hd`, :func:`hd95` and :func:`assd` on the
+    masks ``fixed_seg == label`` and ``warped_seg == label`` (same definitions, same floats). It is faster
+    because the bounding boxes of all labels come from one ``scipy.ndimage.find_objects`` pass per map and
+    each label's masks, erosions and distance transforms are computed on the bounding box of the union of its
+    two masks only (exact, see the comment that opens this section of the source), with the structuring
+    element built once. On two LPBA40 label maps (160x192x160, 56 labels) it takes about 1 s on one thread of
+    a shared 2-core machine, against 52 s for the whole-grid computation and 16 s for MONAI 1.6.1
+    (``bench/bench_metrics.py``, ``bench/results/metrics_speed.md``).
+
+    Args:
+        fixed_seg: ``(*spatial)`` label map of the fixed image (2D or 3D; numpy or torch; integer values,
+            any dtype: a voxel belongs to ``label`` when it compares equal to it).
+        warped_seg: ``(*spatial)`` label map of the moving image warped onto the fixed grid (nearest
+            neighbour), same shape.
+        labels: the label values to score (integers; background is normally left out by the caller).
+        spacing: voxel size per array axis; distances come out in its unit (mm; ``None`` or 1 gives px).
+        connectivity: connectivity of the erosion structuring element (1 = face-connected, the default; see
+            :func:`surface_distances`).
+
+    Returns:
+        ``{label: {"dsc": ..., "hd": ..., "hd95": ..., "assd": ...}}`` of Python floats, in the order of
+        ``labels``. ``dsc`` is unitless; ``hd``, ``hd95``, ``assd`` are in the unit of ``spacing``. NaN rules
+        of the module: ``dsc`` is NaN when the label is absent from both maps and 0 when absent from one; the
+        three distances are NaN when the label is absent from either map.
+
+    Raises:
+        ValueError: the maps differ in shape, or ``spacing`` is not positive and finite with one value per
+            axis (or one scalar).
+    """
+    f, w = _np(fixed_seg), _np(warped_seg)
+    if f.shape != w.shape:
+        raise ValueError(f"label maps must share a grid; got shapes {f.shape} and {w.shape}")
+    s = _spacing(spacing, f.ndim)
+    labels = [int(lab) for lab in labels]
+    structure = ndimage.generate_binary_structure(f.ndim, connectivity)
+    fbox, wbox = _label_boxes(f, labels), _label_boxes(w, labels)
+    out: dict[int, dict[str, float]] = {}
+    for lab in labels:
+        box = _union_box(fbox[lab], wbox[lab])
+        if box is None:  # absent from both maps
+            out[lab] = {"dsc": NAN, "hd": NAN, "hd95": NAN, "assd": NAN}
+            continue
+        a, b = f[box] == lab, w[box] == lab
+        na, nb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
+        dsc = float(2.0 * np.count_nonzero(a & b) / (na + nb))  # the arithmetic of dice()
+        if na == 0 or nb == 0:
+            h = h95 = asd = NAN
+        else:
+            h, h95, asd = _surface_summary(*_cropped_surface_distances(a, b, s, structure))
+        out[lab] = {"dsc": dsc, "hd": h, "hd95": h95, "assd": asd}
+    return out
 
 
 def hd(a, b, spacing: Sequence[float] | float | None = None, connectivity: int = 1) -> float:
@@ -397,11 +537,12 @@ def evaluate_pair(
     Returns:
         A list of dicts, one per label, with ``label`` (int) and float values:
         ``dsc``, ``hd95_<unit>``, ``hd_<unit>``, ``assd_<unit>`` (per label, definitions of :func:`dice`,
-        :func:`hd95`, :func:`hd`, :func:`assd`), and the pair-level values repeated in every row:
-        ``folding_count``, ``folding_pct``, ``sdlogj`` (:func:`jacobian_stats` over the whole grid), ``cc``
-        (:func:`cc_similarity` of fixed vs warped image), ``tre_mean_<unit>``, ``tre_std_<unit>``
-        (:func:`tre`; ``NaN`` without ``true_ddf``). With no segmentation or no labels a single row with
-        ``label = -1`` and ``NaN`` overlap/surface values is returned so the pair-level values are kept.
+        :func:`hd95`, :func:`hd`, :func:`assd`; computed by :func:`surface_metrics_per_label`), and the
+        pair-level values repeated in every row: ``folding_count``, ``folding_pct``, ``sdlogj``
+        (:func:`jacobian_stats` over the whole grid), ``cc`` (:func:`cc_similarity` of fixed vs warped image),
+        ``tre_mean_<unit>``, ``tre_std_<unit>`` (:func:`tre`; ``NaN`` without ``true_ddf``). With no
+        segmentation or no labels a single row with ``label = -1`` and ``NaN`` overlap/surface values is
+        returned so the pair-level values are kept.
     """
     if unit not in ("mm", "px"):
         raise ValueError(f"unit must be 'mm' or 'px', got {unit!r}")
@@ -436,10 +577,9 @@ def evaluate_pair(
     f, w = _np(fixed_seg), _np(warped_seg)
     if f.shape != fi.shape or w.shape != fi.shape:
         raise ValueError(f"segmentations {f.shape}, {w.shape} differ from the image grid {fi.shape}")
+    per_label = surface_metrics_per_label(f, w, labels, s)
     for lab in labels:
-        a, b = f == lab, w == lab
-        h, h95, asd = _surface_summary(*surface_distances(a, b, s))
-        rows.append(
-            {"label": lab, "dsc": dice(a, b), f"hd95_{unit}": h95, f"hd_{unit}": h, f"assd_{unit}": asd, **pair}
-        )
+        m = per_label[lab]
+        rows.append({"label": lab, "dsc": m["dsc"], f"hd95_{unit}": m["hd95"], f"hd_{unit}": m["hd"],
+                     f"assd_{unit}": m["assd"], **pair})
     return rows
