@@ -408,3 +408,91 @@ def weighted_sum(terms: list[Term], ctx: TermContext, zero: torch.Tensor,
             row[f"grad_norm_{term.label}"] = float(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
         total = total + term.weight * value
     return total, row
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Folding and symmetry terms of the Zhu et al. 2021 baselines (SYMNet, FAIM; see docs/baselines_zhu2021.md).
+
+
+def forward_jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
+    """``det(I + grad u)`` by forward differences, ``(B, *(s - 1))``: the scheme of SYMNet's and FAIM's released
+    code (one voxel fewer along each axis; :func:`regbench.spatial.jacobian_determinant` uses central
+    differences instead). Written out by cofactors (no ``torch.linalg.det``), so the gradient is defined at
+    singular matrices too. ``ddf``: ``(B, ndim, *spatial)`` in voxels, ``ndim`` 2 or 3."""
+    nd = ddf.dim() - 2
+    if nd not in (2, 3) or ddf.shape[1] != nd:
+        raise ValueError(f"field must be (B, ndim, *spatial) with ndim 2 or 3, got {tuple(ddf.shape)}")
+    crop = (slice(None), slice(None)) + (slice(0, -1),) * nd
+    base = ddf[crop]
+    # j[i][k] = d(x_i + u_i) / d x_k
+    cols = []
+    for k in range(nd):
+        shifted = ddf[(slice(None), slice(None)) + tuple(slice(1, None) if a == k else slice(0, -1) for a in range(nd))]
+        cols.append(shifted - base)
+    j = [[cols[k][:, i] + (1.0 if i == k else 0.0) for k in range(nd)] for i in range(nd)]
+    if nd == 2:
+        return j[0][0] * j[1][1] - j[0][1] * j[1][0]
+    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+
+
+@register_term("neg_jacobian")
+class NegativeJacobianTerm(Term):
+    """Penalty on folding: ``ReLU(-det(I + grad u))`` of ``field`` (default ``ddf``), i.e. ``0.5 (|J| - J)``.
+
+    * SYMNet (Mok and Chung, CVPR 2020, Methods, "local orientation consistency"): ``1/N sum_p
+      sigma(-|J_phi(p)|)``, ``sigma`` = ReLU, on both full fields (``reduction: mean``; a second item with
+      ``inputs: {field: ddf_inv}`` for the backward field).
+    * FAIM (Kuang and Schmah, MLMI 2019, Methods, the negative-Jacobian penalty): the same quantity summed over
+      voxels (``reduction: sum``: the released code's ``reduce_sum`` over the whole batch, so its weight
+      depends on the grid and the batch size).
+
+    Params: ``reduction`` mean | sum; ``difference`` forward (both papers' code, default) | central
+    (:func:`regbench.spatial.jacobian_determinant`, the determinant the evaluation reports). Zero for any
+    field without folding (identity included); units: determinants of voxel-unit fields.
+    """
+
+    reads = {"field": "ddf"}
+
+    def setup(self, reduction: str = "mean", difference: str = "forward") -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if difference not in ("forward", "central"):
+            raise ValueError(f"difference must be 'forward' or 'central', got {difference!r}")
+        self.reduction, self.difference = reduction, difference
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        u = self.get(ctx, "field")
+        det = forward_jacobian_determinant(u) if self.difference == "forward" else spatial.jacobian_determinant(u)
+        neg = F.relu(-det)
+        return neg.sum() if self.reduction == "sum" else neg.mean()
+
+
+@register_term("magnitude_difference")
+class MagnitudeDifferenceTerm(Term):
+    """SYMNet's magnitude constraint (Mok and Chung, CVPR 2020, Methods): the two half-way transformations
+    should be equally long, so that the mean space lies half-way between the images:
+    ``| sum |a|^p - sum |b|^p | / N`` with ``N`` the number of elements of ``a``.
+
+    ``a``, ``b`` default to the half-way displacements of :class:`regbench.models.symnet.SYMNet`
+    (``ddf_moving_half``, ``ddf_fixed_half``), as in the authors' released code (``magnitude_loss`` of the
+    half-way fields, ``p = 1``); the paper writes the constraint on the velocity fields with squared L2 norms
+    (``inputs: {a: velocity_moving, b: velocity_fixed}``, ``power: 2``). Not an existing term: no other term
+    compares the sizes of two fields. Units: voxels (``p = 1``) or voxels^2.
+    """
+
+    reads = {"a": "ddf_moving_half", "b": "ddf_fixed_half"}
+
+    def setup(self, power: int = 1) -> None:
+        if power not in (1, 2):
+            raise ValueError(f"power must be 1 or 2, got {power!r}")
+        self.power = int(power)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        a, b = self.get(ctx, "a"), self.get(ctx, "b")
+        if self.power == 1:
+            ma, mb = a.abs().sum(), b.abs().sum()
+        else:
+            ma, mb = (a * a).sum(), (b * b).sum()
+        return (ma - mb).abs() / a.numel()

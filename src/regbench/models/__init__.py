@@ -7,7 +7,10 @@ from typing import Callable
 import torch.nn as nn
 
 from .acregnet import ACRegNet, RCINet
+from .faim import FAIM
 from .he2022 import He2022RegNet
+from .multifc import MultiFCNet
+from .symnet import SYMNet
 from .voxelmorph import VoxelMorph
 from .wrappers import Bidirectional, build_critic
 from .zhu2021 import Zhu2021Net
@@ -22,6 +25,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "rcinet": RCINet,
     "bidirectional": Bidirectional,
     "zhu2021": Zhu2021Net,
+    "symnet": SYMNet,
+    "faim": FAIM,
+    "multifc": MultiFCNet,
 }
 
 

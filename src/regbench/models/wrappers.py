@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import conv_nd
+from .multifc import MultiFCCritic
 
 
 class Bidirectional(nn.Module):
@@ -72,7 +73,7 @@ class PairCritic(nn.Module):
 
 
 #: critic name -> factory ``(ndim, **params)``
-CRITICS: dict[str, Callable[..., nn.Module]] = {"pair_critic": PairCritic}
+CRITICS: dict[str, Callable[..., nn.Module]] = {"pair_critic": PairCritic, "multifc_critic": MultiFCCritic}
 
 
 def build_critic(name: str, ndim: int, **params) -> nn.Module:
