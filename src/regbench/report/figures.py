@@ -455,7 +455,7 @@ def qualitative_from_dirs(
     cases_tsv: str | Path,
     reg_dirs: Mapping[str, str | Path],
     pair_id: str | None,
-    modality: str,
+    modality: str | Mapping[str, str],
     out_stem: str | Path,
     *,
     repo_root: str | Path | None = None,
@@ -473,7 +473,8 @@ def qualitative_from_dirs(
             ``pairs.tsv`` (columns ``pair_id, fixed, moving, ddf, warped, warped_seg, ...``; paths absolute
             or relative to ``repo_root``, falling back to the folder itself). Rows follow mapping order.
         pair_id: the pair to show; ``None`` = the first row of the first folder's ``pairs.tsv``.
-        modality: ``cases_tsv`` column of the fixed/moving images to show (e.g. ``"t1"``).
+        modality: ``cases_tsv`` column of the fixed/moving images to show (e.g. ``"t1"``), or
+            ``{"fixed": column, "moving": column}`` for a multi-modal dataset.
         out_stem: output path without suffix (``.png`` and ``.pdf`` are written).
         repo_root: base of relative paths in ``pairs.tsv`` (default: current directory, the Snakemake root).
         title: figure title (default ``"<pair_id>: moving <m> -> fixed <f>"``).
@@ -503,7 +504,8 @@ def qualitative_from_dirs(
     if not reg_dirs:
         raise DataError("qualitative_from_dirs: no registration folders given")
     cases = pd.read_csv(cases_tsv, sep="\t", dtype=str)
-    for col in ("case", modality):
+    fcol, mcol = (modality["fixed"], modality["moving"]) if isinstance(modality, Mapping) else (modality, modality)
+    for col in dict.fromkeys(("case", fcol, mcol)):
         if col not in cases.columns:
             raise DataError(f"{cases_tsv}: no column {col!r}; has {list(cases.columns)}")
     cases = cases.set_index("case")
@@ -532,7 +534,7 @@ def qualitative_from_dirs(
             if isinstance(cell, pd.Series):
                 cell = cell.iloc[0]
             path = _resolve(cell, cases_tsv.parent)
-        elif column == modality:
+        elif column in (fcol, mcol):
             path = _resolve(cid, root)
         else:
             return None
@@ -542,7 +544,7 @@ def qualitative_from_dirs(
         return np.rint(arr).astype(np.int32) if column == seg else arr
 
     fid, mid = str(ref_row["fixed"]), str(ref_row["moving"])
-    fixed, moving = case_image(fid, modality), case_image(mid, modality)
+    fixed, moving = case_image(fid, fcol), case_image(mid, mcol)
     fixed_seg, moving_seg = case_image(fid, seg), case_image(mid, seg)
 
     results: dict[str, dict[str, Any]] = {}
@@ -573,3 +575,227 @@ def qualitative_from_dirs(
         fixed, moving, fixed_seg, moving_seg, results, out_stem,
         title=title or f"{pair_id}: moving {mid} → fixed {fid}", slice_axis=slice_axis,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Difference maps (warped images and |fixed - warped| of several methods, e.g. Zhu et al. 2021 Figs. 9-10)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _slice_spec(shape: tuple[int, ...], slice_axis: int | None,
+                slice_index: int | None) -> tuple[int | None, int | None]:
+    """(axis, index) of the displayed slice of a 3D array (default: the middle of the last axis); (None, None) in 2D."""
+    if len(shape) != 3:
+        return None, None
+    axis = 2 if slice_axis is None else int(slice_axis)
+    if not -3 <= axis < 3:
+        raise ValueError(f"slice_axis {slice_axis} out of range for a 3D image")
+    axis %= 3
+    idx = shape[axis] // 2 if slice_index is None else int(slice_index)
+    if not 0 <= idx < shape[axis]:
+        raise ValueError(f"slice_index {idx} out of range [0, {shape[axis]}) along axis {axis}")
+    return axis, idx
+
+
+def difference_panel(
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    title: str | None = None,
+    footer: str | None = None,
+    slice_axis: int | None = None,
+    slice_index: int | None = None,
+) -> Figure:
+    """Registration results and their difference maps: two rows per example pair.
+
+    Columns: fixed image, moving image, then the warped moving image of each method. Row 1 of an example
+    shows the images (one grey window for all of them: the fixed slice's 1st-99th percentile); row 2 the
+    difference maps ``|fixed − moving|`` (under the moving image) and ``|fixed − warped|`` (under each
+    method), one colour scale per example (0 to the largest 99th percentile of its maps) with a colour bar.
+    Images are drawn like :func:`qualitative_panel` (``slice.T``, ``origin="lower"``; 3D inputs at the
+    middle slice of the last axis, or ``slice_axis`` / ``slice_index``).
+
+    Args:
+        examples: ``[{"label": row title, "fixed": array, "moving": array | None, "warped": {method display
+            name: array | None}, "fixed_id", "moving_id" (optional, in the column titles)}, ...]``, arrays
+            on the fixed grid; ``None`` gives an "n/a" panel. The columns are the methods of the first
+            example, in mapping order.
+        title: figure title; footer: a line printed at the bottom (the SCALED-DOWN note of a scaled-down run).
+
+    Returns:
+        The figure (save with :func:`save_figure`).
+
+    Raises:
+        ValueError: no examples, an image is not 2D/3D, a shape differs from the fixed image's, or the slice
+            is out of range.
+    """
+    from .common import _footer
+
+    if not examples:
+        raise ValueError("difference_panel: no examples")
+    methods = list(examples[0]["warped"])
+    ncols, nrows = 2 + len(methods), 2 * len(examples)
+    first = _squeeze_trailing(np.asarray(examples[0]["fixed"], dtype=np.float32))
+    axis0, idx0 = _slice_spec(first.shape, slice_axis, slice_index) if first.ndim in (2, 3) else (None, None)
+    f0 = _slice(first, axis0, idx0)
+    aspect = min(max(f0.shape[1] / max(f0.shape[0], 1), 0.5), 2.0) if f0.ndim == 2 else 1.0
+    cw = 2.4
+    height = cw * aspect * nrows + (0.7 if title else 0.3) + (0.3 if footer else 0.0)
+    fig = _new_figure(cw * ncols + 0.9, height)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    slice_note = ""
+    for e, ex in enumerate(examples):
+        fixed = _squeeze_trailing(np.asarray(ex["fixed"], dtype=np.float32))
+        if fixed.ndim not in (2, 3):
+            raise ValueError(f"difference_panel: {ex.get('label')}: fixed image must be 2D or 3D, got {fixed.shape}")
+        axis, idx = _slice_spec(fixed.shape, slice_axis, slice_index)
+        if axis is not None:
+            slice_note = f"slice {idx} along array axis {axis}"
+
+        def img(a, what: str):
+            if a is None:
+                return None
+            a = _squeeze_trailing(np.asarray(a, dtype=np.float32), fixed.ndim)
+            if a.shape != fixed.shape:
+                raise ValueError(f"difference_panel: {ex.get('label')}: {what} has shape {a.shape}, "
+                                 f"fixed has {fixed.shape}")
+            return _slice(a, axis, idx).astype(np.float64)
+
+        f2 = _slice(fixed, axis, idx).astype(np.float64)
+        shown = [("fixed", f2), ("moving", img(ex.get("moving"), "moving"))]
+        shown += [(name, img((ex.get("warped") or {}).get(name), f"{name}: warped")) for name in methods]
+        lo, hi = _window(f2)
+        diffs = [None] + [None if a is None else np.abs(f2 - a) for _, a in shown[1:]]
+        tops = [_window(d)[1] for d in diffs if d is not None]
+        vmax = max(max(tops) if tops else 0.0, 1e-6)
+        top, bot = axes[2 * e], axes[2 * e + 1]
+        im = None
+        for c, (name, a) in enumerate(shown):
+            if a is None:
+                _blank(top[c])
+            else:
+                _show(top[c], a, cmap="gray", vmin=lo, vmax=hi)
+            head = {0: f"fixed {ex.get('fixed_id') or ''}", 1: f"moving {ex.get('moving_id') or ''}"}.get(c, name)
+            top[c].set_title(head.strip(), fontsize=9)
+            if c == 0:
+                bot[c].axis("off")
+                bot[c].text(0.5, 0.5, "difference maps\n|fixed − image above|", ha="center", va="center",
+                            transform=bot[c].transAxes, fontsize=8, color="0.3")
+            elif diffs[c] is None:
+                _blank(bot[c])
+            else:
+                im = _show(bot[c], diffs[c], cmap="magma", vmin=0.0, vmax=vmax)
+        top[0].set_ylabel(str(ex.get("label", "")), fontsize=8)
+        if im is not None:  # in an inset beside the last map, so that every panel keeps its size
+            fig.colorbar(im, cax=bot[-1].inset_axes((1.04, 0.0, 0.05, 1.0)))
+    note = slice_note and f"{slice_note}; voxel axes (a, b) shown as .T, origin lower"
+    head = "\n".join(x for x in (title, note) if x)
+    if head:
+        fig.suptitle(head, fontsize=10)
+    bottom = _footer(fig, footer, height)
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+    return fig
+
+
+def _case_path(cases: pd.DataFrame, cases_tsv: Path, root: Path, cid: str, column: str) -> Path | None:
+    """Image path of case ``cid`` in ``column`` of ``cases.tsv`` (relative to its folder); a value that is not a
+    case id is read as a path (relative to ``root``)."""
+    if cid in cases.index:
+        cell = cases.loc[cid, column] if column in cases.columns else None
+        if isinstance(cell, pd.Series):
+            cell = cell.iloc[0]
+        return _resolve(cell, cases_tsv.parent)
+    return _resolve(cid, root)
+
+
+def difference_from_dirs(
+    cases_tsv: str | Path,
+    reg_dirs: Mapping[str, str | Path | None],
+    pair_ids: Sequence[str] | None,
+    modality: str | Mapping[str, str],
+    *,
+    repo_root: str | Path | None = None,
+    title: str | None = None,
+    footer: str | None = None,
+    slice_axis: int | None = None,
+    slice_index: int | None = None,
+    orientation: str = "ras",
+) -> Figure:
+    """Load test pairs and each method's warped image from pipeline folders, then :func:`difference_panel`.
+
+    Args:
+        cases_tsv: prepared dataset table (``case`` and one column per modality, paths relative to its folder).
+        reg_dirs: ``{method display name: registration output folder or None}`` (one dataset and fold), each
+            with ``pairs.tsv`` (``pair_id, fixed, moving, warped, ...``; paths absolute or relative to
+            ``repo_root``, falling back to the folder). ``None``, or a folder without the pair or its warped
+            image, gives "n/a" panels (with a warning).
+        pair_ids: the pairs to show, two rows each; ``None`` = the first row of the first folder's ``pairs.tsv``.
+        modality: ``cases.tsv`` column of the images, or ``{"fixed": column, "moving": column}``.
+        repo_root: base of relative paths in ``pairs.tsv`` (default: the current directory).
+        title, footer, slice_axis, slice_index: see :func:`difference_panel`.
+        orientation: ``"ras"`` or ``"image"`` (2D arrays in picture order, rotated by :func:`image_to_display`).
+
+    Raises:
+        DataError: ``cases.tsv`` or a ``pairs.tsv`` is missing or lacks a column, no folder is given, or a
+            pair is in no folder.
+    """
+    from ..io import load_image
+
+    cases_tsv = Path(cases_tsv)
+    root = Path(repo_root) if repo_root is not None else Path.cwd()
+    if orientation not in ("ras", "image"):
+        raise ValueError(f"orientation must be 'ras' or 'image', got {orientation!r}")
+    if not cases_tsv.is_file():
+        raise DataError(f"{cases_tsv}: cases.tsv not found")
+    fcol, mcol = (modality["fixed"], modality["moving"]) if isinstance(modality, Mapping) else (modality, modality)
+    cases = pd.read_csv(cases_tsv, sep="\t", dtype=str)
+    for col in ("case", fcol, mcol):
+        if col not in cases.columns:
+            raise DataError(f"{cases_tsv}: no column {col!r}; has {list(cases.columns)}")
+    cases = cases.set_index("case")
+    tabs = {name: _read_pairs(Path(d)) for name, d in reg_dirs.items() if d is not None}
+    if not tabs:
+        raise DataError("difference_from_dirs: no registration folders given")
+    if pair_ids is None:
+        first = next(iter(tabs))
+        if tabs[first].empty:
+            raise DataError(f"{Path(reg_dirs[first]) / 'pairs.tsv'}: no pairs")
+        pair_ids = [str(tabs[first]["pair_id"].iloc[0])]
+    show = image_to_display if orientation == "image" else (lambda a: a)
+
+    def load(path: Path | None) -> np.ndarray | None:
+        return None if path is None else show(load_image(path).array)
+
+    examples = []
+    for pid in pair_ids:
+        hits = {name: t[t["pair_id"] == str(pid)] for name, t in tabs.items()}
+        ref = next((h.iloc[0] for h in hits.values() if len(h)), None)
+        if ref is None:
+            raise DataError(f"pair {pid!r} is in none of the pairs.tsv files of {list(tabs)}")
+        for col in ("fixed", "moving"):
+            if col not in ref.index:
+                raise DataError(f"pairs.tsv lacks the {col!r} column")
+        fid, mid = str(ref["fixed"]), str(ref["moving"])
+        warped: dict[str, np.ndarray | None] = {}
+        for name, d in reg_dirs.items():
+            hit = hits.get(name)
+            if hit is None or hit.empty:
+                log.warning("difference_from_dirs: %s has no pair %r (folder %s); n/a", name, pid, d)
+                warped[name] = None
+                continue
+            w = _resolve(hit.iloc[0].get("warped"), root, Path(d))
+            if w is None:
+                log.warning("difference_from_dirs: %s: no warped image of pair %r; n/a", name, pid)
+            warped[name] = load(w)
+        fixed = load(_case_path(cases, cases_tsv, root, fid, fcol))
+        if fixed is None:
+            raise DataError(f"{cases_tsv}: no {fcol!r} image of the fixed case {fid!r} (pair {pid!r})")
+        examples.append({
+            "label": f"pair {pid}", "fixed_id": fid, "moving_id": mid,
+            "fixed": fixed,
+            "moving": load(_case_path(cases, cases_tsv, root, mid, mcol)),
+            "warped": warped,
+        })
+    return difference_panel(examples, title=title, footer=footer, slice_axis=slice_axis, slice_index=slice_index)

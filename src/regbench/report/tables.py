@@ -9,6 +9,12 @@ Data flow::
         -> combine_datasets()     per-dataset tables stacked with a "Dataset" column (several datasets)
         -> write_table()          <stem>.md, <stem>.csv, <stem>.tex, each with the provenance record
 
+    label-level rows (per_pair keeps a reference to them: label_rows(pairs))
+        -> label_metric_table()   methods x labels, one block per metric, "mean ± std" over pairs per label
+    per-pair rows
+        -> dataset_columns_table() methods x datasets (e.g. run time per pair on each dataset)
+       (both: optional percent scaling, the paper's value beside ours, the best of each column in bold)
+
     aux metrics TSVs (auxiliary networks of He et al. 2022: one row per test case)
         -> load_aux_metrics()     concatenated case-level DataFrame
         -> aux_summary_table()    one row per (dataset, auxiliary network), "mean ± std" over cases
@@ -67,6 +73,18 @@ AUX_STATS_NOTE = (
 )
 
 DASH = "—"
+#: ``attrs`` key under which :func:`per_pair` keeps its label-level input (:func:`label_rows`).
+LABEL_ROWS_ATTR = "regbench_label_rows"
+#: Statistics note printed under per-label tables (:func:`label_metric_table`), instead of PAIR_STATS_NOTE.
+LABEL_STATS_NOTE = (
+    "Per-label values are mean ± std (sample std, ddof=1) over test pairs of that label's value (folds "
+    "pooled; a label without a value in a pair is skipped)."
+)
+#: Best-value marks of :func:`label_metric_table` / :func:`dataset_columns_table` (Markdown bold, TeX \textbf).
+BOLD_NOTE = (
+    "Bold: the best value of each column (highest for ↑, lowest for ↓; ties all bold){block}, our values and "
+    "the paper's marked separately (ours compared as displayed; the paper's where two or more rows have one)."
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,20 @@ METRICS: dict[str, MetricInfo] = {
 def metric_info(column: str) -> MetricInfo:
     """Display info of a metric column (see :data:`METRICS`); unknown columns get a neutral default."""
     return METRICS.get(column, MetricInfo(column, column, None, 3))
+
+
+def percent_info(info: MetricInfo) -> MetricInfo:
+    """Display info of a fraction metric shown in percent (x 100): ``"DSC"`` -> ``"DSC (%)"``, two decimals
+    fewer (DSC: 1 decimal, as in papers that report DSC in %)."""
+    label = re.sub(r"\s*\([^()]*\)$", "", info.label) + " (%)"
+    dec = None if info.decimals is None else max(info.decimals - 2, 0)
+    return MetricInfo(info.column, label, info.higher_is_better, dec)
+
+
+def in_percent(percent: Iterable[str] | None, metric: str, col: str) -> bool:
+    """Whether ``metric`` (resolved to column ``col``) is listed in ``percent`` (by name, column or base name)."""
+    keys = {str(p) for p in percent or ()}
+    return bool(keys & {metric, col, _base(col), _base(metric)})
 
 
 def _base(name: str) -> str:
@@ -313,7 +345,49 @@ def per_pair(df: pd.DataFrame) -> pd.DataFrame:
                 )
     out = pd.concat(parts, axis=1).reset_index()
     order = keys + [c for c in df.columns if c in out.columns and c not in keys] + ["n_labels"]
-    return out[order]
+    out = out[order]
+    out.attrs[LABEL_ROWS_ATTR] = _Carried(df)
+    return out
+
+
+class _Carried:
+    """A frame kept in another frame's ``attrs`` by reference.
+
+    pandas deep-copies ``attrs`` into the result of (almost) every operation and compares them on ``concat``;
+    this holder copies as itself (no copy of the frame) and equals only itself, so both stay cheap.
+    """
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def __deepcopy__(self, memo: dict) -> _Carried:
+        return self
+
+    def __copy__(self) -> _Carried:
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"<label-level rows: {len(self.frame)}>"
+
+
+def label_rows(pairs: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The label-level rows a per-pair table was made from (:func:`per_pair` keeps a reference to them in
+    ``attrs``, which selections and copies of the per-pair table keep too), or ``None``.
+
+    The rows are those :func:`per_pair` was called on, not filtered like a selection of the per-pair table;
+    filter them by ``dataset`` / ``method`` again. Used by the per-label extra tables and figures
+    (:mod:`regbench.report.extras`), which get only the per-pair table.
+    """
+    held = getattr(pairs, "attrs", {}).get(LABEL_ROWS_ATTR) if pairs is not None else None
+    return held.frame if isinstance(held, _Carried) else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -553,6 +627,21 @@ def numeric_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(tight, orient="tight")
 
 
+def _label_column(work: pd.DataFrame) -> tuple[pd.Series, list[str], dict[str, Any]]:
+    """Label display names of label-level rows: ``label_name`` (else the ``label`` id) as strings, the names
+    in ascending label-id order (first appearance without ids) and ``{name: smallest label id}``."""
+    lname = work["label_name"] if "label_name" in work.columns else work["label"]
+    lname = lname.where(lname.notna(), work["label"] if "label" in work.columns else lname)
+    lab = lname.astype(str)
+    if "label" in work.columns:
+        key = pd.to_numeric(work["label"], errors="coerce")
+        ids = pd.DataFrame({"_lab": lab, "_k": key}).groupby("_lab", sort=False)["_k"].min()
+        order = ids.sort_values(kind="stable").index.tolist()
+        return lab, order, {k: (None if pd.isna(v) else (int(v) if float(v).is_integer() else float(v)))
+                            for k, v in ids.items()}
+    return lab, list(dict.fromkeys(lab)), {}
+
+
 def per_label_table(
     df: pd.DataFrame,
     metric: str = "dsc",
@@ -585,14 +674,7 @@ def per_label_table(
     work = df.copy()
     work["method"] = work["method"].astype(str)
     work["_val"] = pd.to_numeric(work[col], errors="coerce")
-    lname = work["label_name"] if "label_name" in work.columns else work["label"]
-    lname = lname.where(lname.notna(), work["label"] if "label" in work.columns else lname)
-    work["_lab"] = lname.astype(str)
-    if "label" in work.columns:
-        key = pd.to_numeric(work["label"], errors="coerce")
-        order = work.assign(_k=key).groupby("_lab", sort=False)["_k"].min().sort_values(kind="stable").index.tolist()
-    else:
-        order = list(dict.fromkeys(work["_lab"]))
+    work["_lab"], order, _ = _label_column(work)
     names = _method_names(work)
     methods = _ordered_methods(work, method_order)
     display = pd.DataFrame(index=pd.Index(_display_index(methods, names), name="Method"))
@@ -750,6 +832,308 @@ def aux_summary_table(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Per-label and dataset-column tables (report.tables items with `columns: labels` / `columns: datasets`)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bold(text: str) -> str:
+    """Mark a cell as the best of its column: ``**text**`` (Markdown bold; :func:`write_table` writes
+    ``\\textbf{text}`` in the TeX file)."""
+    return f"**{text}**"
+
+
+def best_flags(values: Sequence[float], higher_is_better: bool | None) -> list[bool]:
+    """``True`` where ``values`` holds the best finite value (ties all ``True``); all ``False`` for a metric
+    without a direction or without finite values."""
+    v = np.asarray([math.nan if x is None else float(x) for x in values], dtype=float)
+    ok = np.isfinite(v)
+    if higher_is_better is None or not ok.any():
+        return [False] * len(v)
+    best = v[ok].max() if higher_is_better else v[ok].min()
+    return [bool(o and x == best) for o, x in zip(ok, v)]
+
+
+def _shown(info: MetricInfo, x: float) -> float:
+    """``x`` rounded as :meth:`MetricInfo.fmt` displays it (NaN stays NaN)."""
+    s = info.fmt(x)
+    return math.nan if s == DASH else float(s)
+
+
+def _cells(info: MetricInfo, means: Sequence[float], stds: Sequence[float],
+           bold_best: bool) -> tuple[list[str], list[bool]]:
+    """``"mean ± std"`` cells and best flags (on the values as displayed), bold where best if ``bold_best``."""
+    cells = [info.fmt_mean_std(a, b) for a, b in zip(means, stds)]
+    flags = best_flags([_shown(info, a) for a in means], info.higher_is_better)
+    if bold_best:
+        cells = [bold(c) if f else c for c, f in zip(cells, flags)]
+    return cells, flags
+
+
+def _paper_cells(info: MetricInfo, values: Sequence[Any],
+                 bold_best: bool) -> tuple[list[str], list[float], list[float], list[bool]]:
+    """Paper cells (verbatim strings, ``—`` where none), parsed means / stds and best flags on the means
+    (only where at least two rows have a paper value: one value alone is no comparison)."""
+    parsed = [_parse_paper(v) for v in values]
+    cells = [s if s is not None else info.fmt_mean_std(a, b) for s, a, b in parsed]
+    means, stds = [a for _, a, _ in parsed], [b for _, _, b in parsed]
+    flags = best_flags(means, info.higher_is_better)
+    if sum(math.isfinite(a) for a in means) < 2:
+        flags = [False] * len(means)
+    if bold_best:
+        cells = [bold(c) if f and c != DASH else c for c, f in zip(cells, flags)]
+    return cells, means, stds, flags
+
+
+def _has_paper(values: Sequence[Any]) -> bool:
+    return any(s is not None or not math.isnan(a) for s, a, _ in (_parse_paper(v) for v in values))
+
+
+def _label_entry(entry: Any, label: str, label_id: Any, where: str) -> Any:
+    """The paper value of one label from ``{label_name or label id: value}``."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: paper values of a per-label table are {{label_name: value}} mappings; got "
+                         f"{entry!r}")
+    for key in (label, label_id, str(label_id)):
+        if key is not None and key in entry:
+            return entry[key]
+    return None
+
+
+def _pair_count(df: pd.DataFrame, method: str) -> int:
+    keys = [k for k in ("dataset", "fold", "pair_id") if k in df.columns]
+    return int(len(df.loc[df["method"] == method, keys].drop_duplicates())) if keys else 0
+
+
+def label_metric_table(
+    df: pd.DataFrame,
+    metrics: Sequence[str],
+    method_order: Sequence[str] | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    paper_values: Mapping[str, Mapping[str, Any]] | None = None,
+    percent: Iterable[str] | None = None,
+    layout: str = "rows",
+    bold_best: bool = True,
+) -> pd.DataFrame:
+    """Methods x labels table of several label-wise metrics (Zhu et al. 2021, Tables I-II): one cell per
+    (method, label, metric), ``mean ± std`` over test pairs (folds pooled) of that label's value.
+
+    Args:
+        df: label-level metrics (:func:`load_metrics`) of one dataset, with ``method``, ``label`` and/or
+            ``label_name``, ``fold``, ``pair_id`` and the metric columns.
+        metrics: label-wise metrics, one block each (resolved by :func:`resolve_metric`: ``"hd"`` ->
+            ``hd_mm``).
+        method_order: rows, by method id or display name (others appended, with a warning).
+        label_names: the labels to show, in order, by ``label_name`` or label id (default: every label, in
+            label-id order).
+        paper_values: ``{method id or name: {metric: {label_name or label id: value}}}``, values as in
+            :func:`summary_table` (``"63.7 ± 7.3"`` kept verbatim). Where a block has a paper value, each
+            label gets ``"<label> (paper)"`` then ``"<label> (ours)"``; ``—`` where the paper has none.
+        percent: metrics (names or columns) shown x 100 with :func:`percent_info` (e.g. ``["dsc"]`` for DSC in
+            %); paper values are shown as given, so give them in the same unit.
+        layout: ``"rows"``: the metric blocks stacked (a ``Metric`` column, one row per metric and method,
+            columns = labels; the paper's layout); ``"columns"``: one row per method, column groups
+            ``"<metric header>: <label>"``.
+        bold_best: mark the best value of each column (per block) in bold (:func:`bold`; ties all bold; ours
+            compared as displayed, the paper's on their parsed means).
+
+    Returns:
+        Display DataFrame, index ``Method``, last column ``n_pairs`` (pairs of the method). Numeric companion
+        (:func:`numeric_table`) in long form: index ``method``, columns ``method_name, metric, label,
+        label_name, scale, mean, std, n, paper_mean, paper_std, best, paper_best`` (one row per method,
+        metric and label; ``scale`` = 100 for a metric in percent, ``mean``/``std`` after scaling).
+
+    Raises:
+        DataError: no rows, or neither ``label`` nor ``label_name``.
+        KeyError: a metric column is missing, or a ``label_names`` entry is not a label of ``df``.
+        ValueError: a bad ``layout``, or paper values of a metric that are not ``{label: value}``.
+    """
+    if df is None or df.empty:
+        raise DataError("label_metric_table: no rows")
+    if "label_name" not in df.columns and "label" not in df.columns:
+        raise DataError(f"label_metric_table: needs 'label' or 'label_name'; has {list(df.columns)}")
+    if layout not in ("rows", "columns"):
+        raise ValueError(f"label_metric_table: layout {layout!r}; expected 'rows' or 'columns'")
+    work = df.copy()
+    work["method"] = work["method"].astype(str)
+    work["_lab"], order, label_ids = _label_column(work)
+    if label_names:
+        by_id = {str(v): k for k, v in label_ids.items()}
+        chosen = []
+        for key in label_names:
+            lab = str(key) if str(key) in order else by_id.get(str(key))
+            if lab is None:
+                raise KeyError(f"label {key!r} not found; labels: {order}")
+            chosen.append(lab)
+        order = chosen
+    names = _method_names(work)
+    methods = _ordered_methods(work, method_order)
+    index = _display_index(methods, names)
+    n_pairs = [_pair_count(work, m) for m in methods]
+    paper_values = paper_values or {}
+
+    blocks = []  # (info, col, {label: ours cells}, {label: paper cells or None})
+    numeric_rows: list[dict[str, Any]] = []
+    for metric in metrics:
+        col = resolve_metric(work, metric)
+        pct = in_percent(percent, metric, col)
+        info = percent_info(metric_info(col)) if pct else metric_info(col)
+        scale = 100.0 if pct else 1.0
+        vals = pd.to_numeric(work[col], errors="coerce") * scale
+        g = pd.DataFrame({"m": work["method"], "l": work["_lab"], "v": vals}).groupby(["m", "l"])["v"]
+        stats = pd.concat([g.mean().rename("mean"), g.std(ddof=1).rename("std"), g.count().rename("n")], axis=1)
+        entries = [_paper_lookup(paper_values, m, names[m], metric, col) for m in methods]
+        ours_cells, paper_cells = {}, {}
+        for lab in order:
+            means = [float(stats.loc[(m, lab), "mean"]) if (m, lab) in stats.index else math.nan for m in methods]
+            stds = [float(stats.loc[(m, lab), "std"]) if (m, lab) in stats.index else math.nan for m in methods]
+            ns = [int(stats.loc[(m, lab), "n"]) if (m, lab) in stats.index else 0 for m in methods]
+            ours_cells[lab], flags = _cells(info, means, stds, bold_best)
+            pv = [_label_entry(e, lab, label_ids.get(lab), f"paper_values[{m!r}][{metric!r}]")
+                  for m, e in zip(methods, entries)]
+            if _has_paper(pv):
+                paper_cells[lab], p_means, p_stds, p_flags = _paper_cells(info, pv, bold_best)
+            else:
+                paper_cells[lab] = None
+                p_means, p_stds, p_flags = [math.nan] * len(methods), [math.nan] * len(methods), [False] * len(methods)
+            for i, m in enumerate(methods):
+                numeric_rows.append({
+                    "method": m, "method_name": names[m], "metric": col, "label": label_ids.get(lab),
+                    "label_name": lab, "scale": scale, "mean": means[i], "std": stds[i], "n": ns[i],
+                    "paper_mean": p_means[i], "paper_std": p_stds[i], "best": flags[i], "paper_best": p_flags[i],
+                })
+        blocks.append((info, ours_cells, paper_cells))
+
+    if layout == "rows":
+        any_paper = any(p is not None for _, _, pc in blocks for p in pc.values())
+        frames = []
+        for info, ours_cells, paper_cells in blocks:
+            t = pd.DataFrame(index=pd.Index(index, name="Method"))
+            t["Metric"] = info.header
+            for lab in order:
+                if any_paper:
+                    t[f"{lab} (paper)"] = paper_cells[lab] if paper_cells[lab] is not None else DASH
+                    t[f"{lab} (ours)"] = ours_cells[lab]
+                else:
+                    t[lab] = ours_cells[lab]
+            t["n_pairs"] = n_pairs
+            frames.append(t)
+        display = pd.concat(frames)
+    else:
+        display = pd.DataFrame(index=pd.Index(index, name="Method"))
+        for info, ours_cells, paper_cells in blocks:
+            has = any(p is not None for p in paper_cells.values())
+            for lab in order:
+                head = f"{info.header}: {lab}"
+                if has:
+                    display[f"{head} (paper)"] = paper_cells[lab] if paper_cells[lab] is not None else DASH
+                    display[f"{head} (ours)"] = ours_cells[lab]
+                else:
+                    display[head] = ours_cells[lab]
+        display["n_pairs"] = n_pairs
+    numeric = pd.DataFrame(numeric_rows).set_index("method")
+    display.attrs["numeric"] = numeric.to_dict(orient="tight")
+    return display
+
+
+def _resolve_present(df: pd.DataFrame, metric: str) -> str:
+    """:func:`resolve_metric`, preferring a column that has values (``_mm`` vs ``_px`` per dataset)."""
+    try:
+        return resolve_metric(df.dropna(axis=1, how="all"), metric)
+    except KeyError:
+        return resolve_metric(df, metric)
+
+
+def dataset_columns_table(
+    df_pairs: pd.DataFrame,
+    metrics: Sequence[str],
+    method_order: Sequence[str] | None = None,
+    *,
+    datasets: Sequence[str] | None = None,
+    paper_values: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    percent: Iterable[str] | None = None,
+    bold_best: bool = True,
+) -> pd.DataFrame:
+    """Methods x datasets table (Zhu et al. 2021, Table III: run time per pair on each dataset).
+
+    Args:
+        df_pairs: per-pair table (:func:`per_pair`) with ``dataset``, ``method`` and the metric columns.
+        metrics: metrics, one column group each (datasets inside), resolved per dataset (``_mm`` / ``_px``).
+        method_order: rows, by method id or display name (others appended, with a warning).
+        datasets: the dataset columns, in order (default: first appearance in ``df_pairs``).
+        paper_values: ``{dataset: {method id or name: {metric: value}}}`` (the ``report.paper_values``
+            format); where a (metric, dataset) has a paper value, it gets ``"<dataset>: <metric> (paper)"``
+            then ``"... (ours)"``, ``—`` where the paper has none.
+        percent: metrics shown x 100 (:func:`percent_info`).
+        bold_best: mark the best value of each column in bold (as in :func:`label_metric_table`).
+
+    Returns:
+        Display DataFrame: index ``Method``, per metric and dataset ``"<dataset>: <label> <arrow>"`` =
+        ``"mean ± std"`` over that dataset's pairs (sample std; ``—`` where a method has no value there),
+        then ``"<dataset>: n_pairs"`` per dataset. Numeric companion in long form: index ``method``, columns
+        ``method_name, dataset, metric, scale, mean, std, n, paper_mean, paper_std, best, paper_best,
+        n_pairs``.
+
+    Raises:
+        DataError: no rows, or a listed dataset has none.
+        KeyError: a metric column is missing in a dataset.
+    """
+    if df_pairs is None or df_pairs.empty:
+        raise DataError("dataset_columns_table: no per-pair rows")
+    df = df_pairs.copy()
+    df["method"], df["dataset"] = df["method"].astype(str), df["dataset"].astype(str)
+    present = list(dict.fromkeys(df["dataset"]))
+    datasets = [str(d) for d in datasets] if datasets else present
+    missing = [d for d in datasets if d not in present]
+    if missing:
+        raise DataError(f"dataset_columns_table: dataset(s) {missing} have no rows; datasets: {present}")
+    names = _method_names(df)
+    methods = _ordered_methods(df, method_order)
+    display = pd.DataFrame(index=pd.Index(_display_index(methods, names), name="Method"))
+    paper_values = paper_values or {}
+    numeric_rows: list[dict[str, Any]] = []
+    for metric in metrics:
+        for d in datasets:
+            sub = df[df["dataset"] == d]
+            try:
+                col = _resolve_present(sub, metric)
+            except KeyError as exc:
+                raise KeyError(f"dataset {d!r}: {exc.args[0]}") from exc
+            pct = in_percent(percent, metric, col)
+            info = percent_info(metric_info(col)) if pct else metric_info(col)
+            scale = 100.0 if pct else 1.0
+            means, stds, ns = [], [], []
+            for m in methods:
+                v = pd.to_numeric(sub.loc[sub["method"] == m, col], errors="coerce").dropna().to_numpy(float) * scale
+                means.append(float(v.mean()) if len(v) else math.nan)
+                stds.append(float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+                ns.append(len(v))
+            ours, flags = _cells(info, means, stds, bold_best)
+            pv = [_paper_lookup(paper_values.get(d) or {}, m, names[m], metric, col) for m in methods]
+            head = f"{d}: {info.header}"
+            if _has_paper(pv):
+                display[f"{head} (paper)"], p_means, p_stds, p_flags = _paper_cells(info, pv, bold_best)
+                display[f"{head} (ours)"] = ours
+            else:
+                display[head] = ours
+                p_means = p_stds = [math.nan] * len(methods)
+                p_flags = [False] * len(methods)
+            for i, m in enumerate(methods):
+                numeric_rows.append({
+                    "method": m, "method_name": names[m], "dataset": d, "metric": col, "scale": scale,
+                    "mean": means[i], "std": stds[i], "n": ns[i], "paper_mean": p_means[i], "paper_std": p_stds[i],
+                    "best": flags[i], "paper_best": p_flags[i], "n_pairs": _pair_count(sub, m),
+                })
+    for d in datasets:
+        sub = df[df["dataset"] == d]
+        display[f"{d}: n_pairs"] = [_pair_count(sub, m) for m in methods]
+    display.attrs["numeric"] = pd.DataFrame(numeric_rows).set_index("method").to_dict(orient="tight")
+    return display
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------------
 
@@ -782,6 +1166,15 @@ def latex_escape(text: Any) -> str:
     return "".join(_LATEX_MAP.get(ch, ch) for ch in str(text))
 
 
+_BOLD = re.compile(r"\*\*(.+)\*\*", re.S)
+
+
+def _tex_cell(text: str) -> str:
+    """A TeX table cell: escaped, ``**x**`` (:func:`bold`) as ``\\textbf{x}``."""
+    m = _BOLD.fullmatch(text)
+    return rf"\textbf{{{latex_escape(m.group(1))}}}" if m else latex_escape(text)
+
+
 def _to_latex(table: pd.DataFrame) -> str:
     show_index = not (isinstance(table.index, pd.RangeIndex) and table.index.name is None)
     cols = [str(c) for c in table.columns]
@@ -796,7 +1189,7 @@ def _to_latex(table: pd.DataFrame) -> str:
         if show_index:
             cells.append(", ".join(map(str, idx)) if isinstance(idx, tuple) else str(idx))
         cells += [DASH if (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row]
-        lines.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
+        lines.append(" & ".join(_tex_cell(c) for c in cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
