@@ -79,7 +79,7 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     order = rep.get("method_order")
     pairs = tables.per_pair(df)
     aux = tables.load_aux_metrics(aux_metrics_paths) if aux_metrics_paths else None
-    extras.check_inputs(exp, pairs, aux)  # fail on a bad ablation config before writing anything
+    extras.check_inputs(exp, pairs, aux, df)  # fail on a bad ablation config before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -122,7 +122,8 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
         ).values()
     else:
         log.warning("registration outputs under %s are absent; keeping the existing qualitative figure", reg_root)
-    written += extras.render_extras(exp, pairs, aux, out_dir, prov, notes)
+    written += extras.render_extras(exp, pairs, aux, out_dir, prov, notes, labels=df, reg_root=reg_root,
+                                    prep_root=prep_root)
     written += budget.render_series(exp, pairs, out_dir, prov, notes)
     written += budget.render_curves(exp, out_dir, models_root or Path("work") / name / "models",
                                     extras.scale_line(notes, prov))
