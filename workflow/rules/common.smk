@@ -19,6 +19,14 @@ wildcard_constraints:
     fold=r"\d+",
 
 
+def train_threads(default=8):
+    """Threads of a training job: all of `--cores` where it is given (a local run: one training job takes the
+    machine, as Snakemake caps threads at --cores), else `default` (a cluster run, where `--cores` is not given and
+    `set-threads` in the profile decides; also `--unlock`, which must not need --cores). `workflow.cores` itself
+    raises without --cores, which broke `snakemake --unlock` and the SLURM profile."""
+    return workflow.resource_settings.cores or default
+
+
 def model_dataset(e, d):
     """The dataset whose trained models register dataset d: `datasets.<d>.models_from` (e.g. IXI registered with
     the networks trained on Mindboggle-101, Zhu et al. 2021 Sec. 3.E), else d itself."""

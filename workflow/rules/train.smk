@@ -17,7 +17,7 @@ rule train:
         aux=lambda w, input: aux_args(input, ("attention",)),
     resources:
         gpu=1,
-    threads: workflow.cores
+    threads: train_threads()
     log:
         "logs/{experiment}/train/{dataset}/{method}/fold{fold}.log",
     benchmark:
@@ -48,7 +48,7 @@ rule train_aux:
         }),
     resources:
         gpu=1,
-    threads: workflow.cores
+    threads: train_threads()
     log:
         "logs/{experiment}/train_aux/{dataset}/{aux}/fold{fold}.log",
     benchmark:
