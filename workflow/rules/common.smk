@@ -1,6 +1,7 @@
 # Shared helpers: the validated experiments and the target lists derived from them.
 import json
 import os
+import re
 import shlex
 
 from regbench.config import load_experiments, method_components, methods_for
@@ -63,6 +64,32 @@ def report_outputs(name):
     from regbench.report.extras import extra_outputs
 
     return [f"results/{name}/{f}" for f in REPORT_FILES + extra_outputs(EXPERIMENTS[name])]
+
+
+def paper_of(name):
+    """The paper an experiment reproduces, for the report's categories: `he2022_long` -> "He et al. 2022";
+    the demo experiments (synthetic data) -> "Demo (synthetic, not a paper)"."""
+    m = re.match(r"([a-z]+)(\d{4})", name)
+    if m:
+        return f"{m.group(1).capitalize()} et al. {m.group(2)}"
+    return "Demo (synthetic, not a paper)" if name.startswith("demo") else name
+
+
+def report_items(name):
+    """report_outputs(name), with every table's CSV (its Markdown where it has no CSV output) and every figure's
+    PNG flagged for `snakemake --report`: category = the paper, subcategory = the table or figure (`table`,
+    `fig8_ssim`, ...), labels = experiment, datasets and kind. The other versions stay plain outputs."""
+    e = EXPERIMENTS[name]
+    paths = report_outputs(name)
+    out = []
+    for p in paths:
+        stem, ext = os.path.splitext(os.path.basename(p))
+        if ext in (".csv", ".png") or (ext == ".md" and p[:-3] + ".csv" not in paths):
+            labels = {"experiment": name, "datasets": ", ".join(e["datasets"]),
+                      "kind": "figure" if ext == ".png" else "table"}
+            p = report(p, caption="../report/item.rst", category=paper_of(name), subcategory=stem, labels=labels)
+        out.append(p)
+    return out
 
 
 def aux_jobs(e):

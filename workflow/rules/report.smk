@@ -9,7 +9,7 @@ for _name in EXPERIMENTS:
         input:
             **_inputs,
         output:
-            report_outputs(_name),
+            report_items(_name),
         params:
             spec=spec_json(EXPERIMENTS[_name]),
             out_dir=lambda w, output: os.path.dirname(output[0]),
