@@ -15,6 +15,7 @@ Outside the grid, samples repeat the border value (``padding_mode="border"``) un
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -30,21 +31,67 @@ def _check_ddf(ddf: torch.Tensor) -> int:
 
 
 def identity_grid(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
-    """Voxel coordinates of a grid: ``(ndim, *shape)``, channel ``i`` = index along axis ``i``."""
+    """Voxel coordinates of a grid: ``(ndim, *shape)``, channel ``i`` = index along axis ``i``.
+
+    A new tensor on every call (callers may modify it); :func:`warp` uses a cached copy instead.
+    """
     axes = [torch.arange(s, device=device, dtype=dtype) for s in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
-def _to_grid_sample_coords(pos: torch.Tensor) -> torch.Tensor:
-    """Voxel positions ``(B, ndim, *spatial)`` -> ``grid_sample`` grid ``(B, *spatial, ndim)`` in [-1, 1].
+#: Most grids kept by :func:`_sampling_base` (least recently used dropped first).
+SAMPLING_CACHE_SIZE = 8
+_SAMPLING_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
-    ``grid_sample`` wants the last axis ordered (x, y[, z]) = (W, H[, D]), i.e. reversed array axes, and
-    with ``align_corners=True`` index 0 maps to -1 and index ``s - 1`` to +1.
+
+def _sampling_base(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached constants that map voxel positions to ``grid_sample`` coordinates on a grid of ``shape``.
+
+    Returns ``(base, half)``: ``base`` ``(1, *shape, ndim)`` holds the voxel coordinates with the last axis in
+    ``grid_sample`` order (x, y[, z]) = reversed array axes; ``half`` ``(ndim,)`` holds ``max(s - 1, 1) / 2``
+    in the same order, so that ``(base + u) / half - 1`` is the ``align_corners=True`` coordinate in [-1, 1].
+
+    Keyed by shape, device and dtype (a grid is never reused for another of these), created outside
+    inference mode and without autograd history, and never modified in place; at most
+    :data:`SAMPLING_CACHE_SIZE` entries are kept. :func:`clear_sampling_cache` empties it.
     """
-    nd = pos.shape[1]
-    sizes = pos.shape[2:]
-    chans = [2.0 * pos[:, i] / max(sizes[i] - 1, 1) - 1.0 for i in range(nd)]
-    return torch.stack(chans[::-1], dim=-1)
+    key = (tuple(int(s) for s in shape), torch.device(device), dtype)
+    hit = _SAMPLING_CACHE.get(key)
+    if hit is not None:
+        _SAMPLING_CACHE.move_to_end(key)
+        return hit
+    with torch.inference_mode(False), torch.no_grad():
+        base = identity_grid(key[0], device=device, dtype=dtype).flip(0).movedim(0, -1).unsqueeze(0).contiguous()
+        half = torch.tensor([max(s - 1, 1) / 2.0 for s in key[0][::-1]], device=device, dtype=dtype)
+    _SAMPLING_CACHE[key] = (base, half)
+    while len(_SAMPLING_CACHE) > SAMPLING_CACHE_SIZE:
+        _SAMPLING_CACHE.popitem(last=False)
+    return base, half
+
+
+def clear_sampling_cache() -> None:
+    """Drop the grids cached by :func:`warp` and the factors cached by :func:`resize_field` (e.g. to free
+    GPU memory)."""
+    _SAMPLING_CACHE.clear()
+    _SCALE_CACHE.clear()
+
+
+def _sampling_coords(ddf: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` coordinates ``(B, *spatial, ndim)`` in [-1, 1] of the positions ``x + ddf(x)``.
+
+    ``grid_sample`` wants the last axis ordered (x, y[, z]) = (W, H[, D]), i.e. reversed array axes, and with
+    ``align_corners=True`` index 0 maps to -1 and index ``s - 1`` to +1: ``c_i = 2 p_i / (s_i - 1) - 1``.
+
+    Computed as ``(base + ddf_reversed) / ((s_i - 1) / 2) - 1`` with the cached constants of
+    :func:`_sampling_base`: one addition, one division and one subtraction over the field, written straight
+    into the layout ``grid_sample`` reads. The values and gradients are bit-identical to the per-channel
+    ``2 * p_i / (s_i - 1) - 1`` followed by ``torch.stack`` (``2 p`` and ``(s - 1) / 2`` are exact, so both
+    divisions round the same real quotient; in the backward ``g / ((s - 1) / 2)`` equals ``2 (g / (s - 1))``
+    for the same reason); ``tests/test_spatial.py`` checks this against that formula.
+    """
+    base, half = _sampling_base(ddf.shape[2:], ddf.device, ddf.dtype)
+    pos = base + ddf.flip(1).movedim(1, -1)
+    return (pos / half).sub_(1.0)
 
 
 def warp(
@@ -73,8 +120,7 @@ def warp(
         raise ValueError(f"image has {image.dim() - 2} spatial dims but DDF has {nd}")
     if image.shape[2:] != ddf.shape[2:]:
         raise ValueError(f"image grid {tuple(image.shape[2:])} differs from DDF grid {tuple(ddf.shape[2:])}")
-    grid = identity_grid(ddf.shape[2:], device=ddf.device, dtype=ddf.dtype).unsqueeze(0) + ddf
-    coords = _to_grid_sample_coords(grid)
+    coords = _sampling_coords(ddf)
     src = image if image.is_floating_point() else image.to(ddf.dtype)
     if src.shape[0] != ddf.shape[0]:
         src = src.expand(ddf.shape[0], *src.shape[1:])
@@ -125,8 +171,28 @@ def resize_field(ddf: torch.Tensor, size: Sequence[int], mode: str = "bilinear")
         return ddf
     interp = {2: "bilinear", 3: "trilinear"}[nd] if mode == "bilinear" else mode
     out = F.interpolate(ddf, size=size, mode=interp, align_corners=False if interp != "nearest" else None)
-    scale = torch.tensor([size[i] / old[i] for i in range(nd)], dtype=ddf.dtype, device=ddf.device)
-    return out * scale.view(1, nd, *([1] * nd))
+    scale = _channel_scale(tuple(size[i] / old[i] for i in range(nd)), ddf.device, ddf.dtype)
+    return out * scale
+
+
+_SCALE_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+def _channel_scale(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Cached ``(1, ndim, 1, ...)`` tensor of per-channel factors (the same values ``torch.tensor`` gives).
+
+    Building it once per (values, device, dtype) avoids a host-to-device copy, which synchronises a CUDA
+    stream, on every call; at most 64 entries are kept.
+    """
+    key = (values, torch.device(device), dtype)
+    hit = _SCALE_CACHE.get(key)
+    if hit is None:
+        with torch.inference_mode(False), torch.no_grad():
+            hit = torch.tensor(values, dtype=dtype, device=device).view(1, len(values), *([1] * len(values)))
+        _SCALE_CACHE[key] = hit
+        while len(_SCALE_CACHE) > 64:
+            _SCALE_CACHE.popitem(last=False)
+    return hit
 
 
 def resize_image(image: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:

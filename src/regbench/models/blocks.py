@@ -12,12 +12,18 @@ def conv_nd(ndim: int):
 
 
 class ConvBlock(nn.Module):
-    """Convolution (kernel 3, padding 1) followed by LeakyReLU(0.2): the VoxelMorph building block."""
+    """Convolution (kernel 3, padding 1) followed by LeakyReLU(0.2): the VoxelMorph building block.
+
+    The activation runs in place on the convolution's output, which nothing else holds (the convolution's
+    backward needs its input, not its output): the same values and gradients as an out-of-place LeakyReLU
+    (its backward tests the sign of the output, which equals the sign of the input for a positive slope),
+    without allocating a second feature map per block.
+    """
 
     def __init__(self, ndim: int, in_ch: int, out_ch: int, stride: int = 1):
         super().__init__()
         self.conv = conv_nd(ndim)(in_ch, out_ch, kernel_size=3, stride=stride, padding=1)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
