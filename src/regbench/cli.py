@@ -129,36 +129,21 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def cmd_register_images(a: argparse.Namespace) -> None:
-    import numpy as np
-    import torch
+    """Register a user's pair; write warped image/labels, the field (ITK mm LPS and regbench voxels), metrics."""
+    from .enduser import format_summary, register_images
 
-    from . import classical, spatial
-    from .io import check_same_grid, load_image, save_ddf, save_image
-
-    fixed, moving = load_image(a.fixed), load_image(a.moving)
-    check_same_grid(fixed, moving)
-    if a.method in classical.TRANSFORMS:
+    try:
         params = json.loads(a.params) if a.params else {}
-        ddf, runtime = classical.register(fixed.array, moving.array, fixed.spacing, a.method, params, seed=a.seed)
-    else:
-        from .auxiliary import load_auxiliary
-        from .register import timed_forward
-        from .train import load_trained
-        from .utils import select_device
-
-        if not a.model:
-            raise RegbenchError(f"--method {a.method!r} is not classical {classical.TRANSFORMS}; give --model")
-        dev = select_device(a.device)
-        model = load_trained(a.model, dev)
-        f = torch.from_numpy(fixed.array)[None, None].to(dev)
-        m = torch.from_numpy(moving.array)[None, None].to(dev)
-        attention = load_auxiliary(a.attention, dev) if a.attention else None
-        ddf_t, runtime, _ = timed_forward(model, m, f, dev, a.inference_size, attention)
-        ddf = ddf_t[0].float().cpu().numpy()
-    warped = spatial.warp(torch.from_numpy(moving.array)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
-    save_ddf(f"{a.out}_ddf.nii.gz", ddf, fixed.affine)
-    save_image(f"{a.out}_warped.nii.gz", warped.astype(np.float32), fixed.affine)
-    log.info("wrote %s_ddf.nii.gz (voxels, fixed grid) and %s_warped.nii.gz in %.2f s", a.out, a.out, runtime)
+    except json.JSONDecodeError as exc:
+        raise RegbenchError(f"--params is not valid JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise RegbenchError("--params must be a JSON object of keyword arguments")
+    summary = register_images(
+        a.fixed, a.moving, a.method, a.out, fixed_labels_path=a.fixed_labels, moving_labels_path=a.moving_labels,
+        labels=a.labels, params=params, model_path=a.model, inference_size=a.inference_size,
+        attention_path=a.attention, intensity=a.intensity, device=a.device, seed=a.seed,
+        resample_moving=a.resample_moving)
+    print(format_summary(summary, summary["outputs"]["metrics"]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,18 +198,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: <out-dir>/aux/*/*/fold*.tsv); end the list with `--` or put it after the metrics TSVs")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("register-images", help="register your own fixed/moving NIfTI pair")
-    s.add_argument("--fixed", required=True)
-    s.add_argument("--moving", required=True)
-    s.add_argument("--method", required=True, help="a classical transform (identity, ants_affine, ants_syn) or any name with --model")
-    s.add_argument("--model", default=None)
-    s.add_argument("--params", default=None, help="JSON keyword arguments for ants.registration")
+    s = sub.add_parser(
+        "register-images", help="register your own fixed/moving NIfTI pair (ANTs/ITK field, warped labels, metrics)",
+        description="Register MOVING to FIXED with a classical method or a trained network of the pipeline. Writes "
+                    "<out>_warped.nii.gz, <out>_field_itk.nii.gz (displacement in mm, LPS: antsApplyTransforms -t, "
+                    "ITK-SNAP, SimpleITK DisplacementFieldTransform), <out>_ddf.nii.gz (regbench voxels), and with "
+                    "label maps <out>_warped_labels.nii.gz and DSC/HD95/ASSD per label in <out>_metrics.tsv; folding "
+                    "and runtime always (see regbench.enduser).")
+    s.add_argument("--fixed", required=True, help="fixed image (NIfTI); every output is on its grid")
+    s.add_argument("--moving", required=True, help="moving image (NIfTI), on the fixed grid unless --resample-moving")
+    s.add_argument("--fixed-labels", default=None, help="label map of the fixed image (integers, its grid)")
+    s.add_argument("--moving-labels", default=None, help="label map of the moving image, warped nearest-neighbour")
+    s.add_argument("--labels", type=int, nargs="+", default=None,
+                   help="label values to score (default: every non-zero value of either map)")
+    s.add_argument("--method", required=True,
+                   help="a classical transform (identity, ants_affine, ants_syn, elastix) or any name with --model")
+    s.add_argument("--model", default=None, help="a trained network: work/<exp>/models/<dataset>/<method>/fold<k>/model.pt")
+    s.add_argument("--params", default=None,
+                   help='JSON keyword arguments of the classical method, e.g. \'{"syn_metric": "CC", "syn_sampling": 2}\'')
     s.add_argument("--inference-size", type=int, nargs="+", default=None,
-                   help="learned model: predict on this grid and upsample the field (e.g. 64 64)")
+                   help="learned model: predict on this grid instead of its training grid (e.g. 64 64)")
+    s.add_argument("--intensity", default="auto", choices=["auto", "minmax", "none"],
+                   help="learned model: scale inputs to [0, 1] as the pipeline does (auto = minmax) or not")
     s.add_argument("--attention", default=None, help="learned model: attention segmenter model.pt (He et al. 2022)")
+    s.add_argument("--resample-moving", action="store_true",
+                   help="resample a moving image (and labels) that is not on the fixed grid onto it first")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, help="output prefix: <out>_ddf.nii.gz, <out>_warped.nii.gz")
+    s.add_argument("--out", required=True, help="output prefix, e.g. out/pair -> out/pair_warped.nii.gz, ...")
     s.set_defaults(func=cmd_register_images)
     return p
 

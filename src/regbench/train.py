@@ -191,7 +191,8 @@ def train(
     spec_hash = config_hash({"method": resume_spec, "fold": fold, "seed": seed, "modality": modality,
                              **({"aux": aux_hashes} if aux_hashes else {})})
 
-    ndim = ds.load(pairs.at[0, "fixed"], pair_columns(modality)["fixed"]).array.ndim
+    first = ds.load(pairs.at[0, "fixed"], pair_columns(modality)["fixed"])
+    ndim = first.array.ndim
     seed_everything(seed)
     try:
         model = build_model(method["model"], ndim, **method.get("model_params", {})).to(dev)
@@ -243,7 +244,9 @@ def train(
     model_path = out_dir / "model.pt"
     with atomic_path(model_path) as tmp:
         torch.save({"model": model.state_dict(), "name": method["model"], "ndim": ndim,
-                    "params": method.get("model_params", {}), "spec_hash": spec_hash}, tmp)
+                    "params": method.get("model_params", {}), "spec_hash": spec_hash,
+                    # the training grid (fixed images), read by `regbench register-images` (regbench.enduser)
+                    "grid": {"shape": list(first.array.shape), "spacing": list(first.spacing)}}, tmp)
     info = {
         "method": method.get("name"), "fold": fold, "seed": seed, "steps": steps,
         "paper_steps": paper_steps(tcfg, epoch), "steps_per_epoch": epoch, "batch_size": batch, "device": str(dev),
