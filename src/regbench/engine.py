@@ -139,6 +139,9 @@ def run_training_loop(
                 old = pd.read_csv(log_path, sep="\t")
                 rows = old[old["step"] <= step].to_dict("records")
             log.info("%s: resuming from step %d (%s)", desc, step, ckpt_path)
+            if step > steps:
+                log.warning("%s: the checkpoint is at step %d, beyond the %d steps asked for; its weights are kept "
+                            "(remove %s to train %d steps from scratch)", desc, step, steps, ckpt_path, steps)
         else:
             log.warning("%s was written for another spec; starting afresh", ckpt_path)
 

@@ -248,7 +248,8 @@ def train(
                     # the training grid (fixed images), read by `regbench register-images` (regbench.enduser)
                     "grid": {"shape": list(first.array.shape), "spacing": list(first.spacing)}}, tmp)
     info = {
-        "method": method.get("name"), "fold": fold, "seed": seed, "steps": steps,
+        "method": method.get("name"), "fold": fold, "seed": seed,
+        "steps": int(rows[-1]["step"]) if rows else 0,  # steps actually trained (a resumed checkpoint may be past `steps`)
         "paper_steps": paper_steps(tcfg, epoch), "steps_per_epoch": epoch, "batch_size": batch, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "train_wall_s": rows[-1]["elapsed_s"] if rows else 0.0, "n_params": n_params,
