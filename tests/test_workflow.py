@@ -101,11 +101,16 @@ def test_pipeline_end_to_end(tmp_path):
 def test_zhu2021_dag_reuses_models_across_datasets_and_methods():
     """IXI is registered with the Mindboggle-101 networks (no IXI training), the affine-only row reuses the proposed
     network's weights, and the CPU experiment's image_shape knob reaches the brain reader."""
+    r = run(["-n", "--nolock", "--forceall", "--configfile", "config/papers/zhu2021.yaml", "--quiet",
+             "rules", "--printshellcmds"])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    w = "work/zhu2021_full"
+    assert f"--out {w}/reg/ixi/zhu2021/fold0 --fold 0 --model {w}/models/mindboggle101/zhu2021/fold0/model.pt" in out
+    assert f"--out {w}/reg/lpba40/zhu2021_affine/fold0 --fold 0 --model {w}/models/lpba40/zhu2021/fold0/model.pt" in out
+    assert "models/ixi/" not in out and "models/lpba40/zhu2021_affine" not in out
     r = run(["-n", "--nolock", "--forceall", "--configfile", "config/papers/zhu2021_archives.yaml", "--quiet",
              "rules", "--printshellcmds"])
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "--out work/zhu2021/reg/ixi/zhu2021/fold0 --fold 0 --model work/zhu2021/models/mindboggle101/zhu2021/fold0/model.pt" in out
-    assert "--out work/zhu2021/reg/lpba40/zhu2021_affine/fold0 --fold 0 --model work/zhu2021/models/lpba40/zhu2021/fold0/model.pt" in out
-    assert "models/ixi/" not in out and "models/lpba40/zhu2021_affine" not in out
     assert '"shape": [64, 64, 64]' in out
