@@ -258,3 +258,24 @@ def test_itk_field_2d(tmp_path):
     ours = spatial.warp(torch.from_numpy(moving)[None, None], torch.from_numpy(u)[None])[0, 0].numpy()
     np.testing.assert_allclose(sitk_warp(tmp_path / "m.nii.gz", tmp_path / "f.nii.gz", tmp_path / "d.nii.gz"), ours,
                                atol=1e-5)
+
+
+def test_model_grid_of_an_older_model_from_the_pipeline_layout(tmp_path):
+    """A model.pt without a recorded grid (trained before it was recorded): the grid of the first case of the
+    prepared dataset that work/<exp>/models/<dataset>/... points to; outside that layout, none."""
+    from regbench.enduser import model_grid
+
+    run = tmp_path / "work" / "exp" / "models" / "ds" / "vm" / "fold0"
+    run.mkdir(parents=True)
+    _tiny_model(run / "model.pt")
+    blob = torch.load(run / "model.pt", weights_only=False)
+    del blob["grid"]
+    torch.save(blob, run / "model.pt")
+    prep = tmp_path / "data" / "prep" / "exp" / "ds"
+    save_image(prep / "images" / "c0.nii.gz", np.zeros((32, 48, 32), np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+    pd.DataFrame([{"case": "c0", "split": "train", "seg": "labels/c0.nii.gz", "t1": "images/c0.nii.gz"}]).to_csv(
+        prep / "cases.tsv", sep="\t", index=False)
+    grid = model_grid(run / "model.pt")
+    assert grid.shape == (32, 48, 32) and grid.spacing == (3.0, 3.0, 3.0) and "column 't1'" in grid.source
+    torch.save(blob, tmp_path / "elsewhere.pt")
+    assert model_grid(tmp_path / "elsewhere.pt") is None
