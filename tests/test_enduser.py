@@ -279,3 +279,14 @@ def test_model_grid_of_an_older_model_from_the_pipeline_layout(tmp_path):
     assert grid.shape == (32, 48, 32) and grid.spacing == (3.0, 3.0, 3.0) and "column 't1'" in grid.source
     torch.save(blob, tmp_path / "elsewhere.pt")
     assert model_grid(tmp_path / "elsewhere.pt") is None
+
+
+def test_learned_intensity_auto_scales_only_images_outside_0_1(tmp_path):
+    model = _tiny_model(tmp_path / "model.pt")
+    shape, aff = (16, 16, 16), np.diag([2.0, 2.0, 2.0, 1.0])
+    f = save_image(tmp_path / "f.nii.gz", blob_image(shape, seed=1), aff)  # in [0, 1]
+    m = save_image(tmp_path / "m.nii.gz", 800.0 * blob_image(shape, seed=2), aff)  # scanner units
+    assert main(["register-images", "--fixed", str(f), "--moving", str(m), "--method", "vxm", "--model", str(model),
+                 "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o_summary.json").read_text())
+    assert summary["intensity_scaled_to_0_1"] == ["moving"]

@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inference-size", type=int, nargs="+", default=None,
                    help="learned model: predict on this grid instead of its training grid (e.g. 64 64)")
     s.add_argument("--intensity", default="auto", choices=["auto", "minmax", "none"],
-                   help="learned model: scale inputs to [0, 1] as the pipeline does (auto = minmax) or not")
+                   help="learned model: scale inputs to [0, 1] as the pipeline's readers do (auto: images outside [0, 1]; "
+                        "minmax: always; none)")
     s.add_argument("--attention", default=None, help="learned model: attention segmenter model.pt (He et al. 2022)")
     s.add_argument("--resample-moving", action="store_true",
                    help="resample a moving image (and labels) that is not on the fixed grid onto it first")

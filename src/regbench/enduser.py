@@ -24,7 +24,8 @@ oblique grids are handled. ``tests/test_enduser.py`` checks that SimpleITK and A
 moving image, give regbench's own warped image.
 
 Learned methods (any ``model.pt`` of the pipeline): both images are reoriented to the closest canonical (RAS+)
-voxel order, as every reader of the pipeline stores its arrays, scaled to [0, 1] (``intensity="auto"``) and
+voxel order, as every reader of the pipeline stores its arrays, scaled to [0, 1] where they are not
+(``intensity="auto"``), and
 resized to the grid the network was trained on (``grid`` recorded in ``model.pt``; for models trained before
 that was recorded, the first case of the prepared dataset that the pipeline layout
 ``work/<exp>/models/<dataset>/...`` points to); the field is resized back (displacements rescaled,
@@ -264,8 +265,9 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
                 intensity: str = "auto") -> tuple[np.ndarray, float, dict[str, Any]]:
     """A trained network's DDF ``(ndim, *fixed grid)`` in voxels of the fixed grid, its runtime (s) and notes.
 
-    ``inference_size`` overrides the model's training grid (:func:`model_grid`). ``intensity``: ``auto`` or
-    ``minmax`` scales both images to [0, 1] (:func:`scale_intensity`), ``none`` passes them as they are.
+    ``inference_size`` overrides the model's training grid (:func:`model_grid`). ``intensity``: ``minmax`` scales
+    both images to [0, 1] (:func:`scale_intensity`), ``auto`` scales those with values outside [0, 1] (so the
+    pipeline's prepared images reach the network as in its own register stage), ``none`` passes them as they are.
 
     Raises:
         ConfigError: the file is not a pipeline model, or ``intensity`` is unknown.
@@ -292,8 +294,13 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
     if size is not None and len(size) != f_arr.ndim:
         raise ShapeMismatchError(f"{model_path}: the network works on {len(size)}D grids {size}, "
                                  f"{fixed.path} is {f_arr.ndim}D")
-    if intensity != "none":
-        f_arr, m_arr = scale_intensity(f_arr), scale_intensity(m_arr)
+    scaled = []
+    if intensity != "none":  # auto: only images outside [0, 1] (the pipeline's prepared images pass unchanged)
+        for name, arr in (("fixed", f_arr), ("moving", m_arr)):
+            if intensity == "minmax" or float(arr.min()) < 0.0 or float(arr.max()) > 1.0:
+                scaled.append(name)
+        f_arr = scale_intensity(f_arr) if "fixed" in scaled else f_arr
+        m_arr = scale_intensity(m_arr) if "moving" in scaled else m_arr
     f = torch.from_numpy(np.ascontiguousarray(f_arr, dtype=np.float32))[None, None].to(dev)
     m = torch.from_numpy(np.ascontiguousarray(m_arr, dtype=np.float32))[None, None].to(dev)
     attention = load_auxiliary(attention_path, dev) if attention_path else None
@@ -304,7 +311,7 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
              "network_grid_source": ("--inference-size" if inference_size else grid.source if grid else
                                      "none recorded: the fixed grid"),
              "reoriented_to_ras": bool(not np.array_equal(ornt, [[a, 1] for a in range(len(ornt))])),
-             "intensity": "none" if intensity == "none" else "minmax [0, 1] (p99.5)"}
+             "intensity_scaled_to_0_1": scaled}
     if grid and grid.spacing and size:
         fov = [s * n for s, n in zip(sorted_spacing(fixed, ornt), f_arr.shape)]
         eff = [x / n for x, n in zip(fov, size)]
