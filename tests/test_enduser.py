@@ -120,7 +120,8 @@ def test_register_images_syn_with_labels(oblique_pair, tmp_path, capsys):
     out = tmp_path / "out" / "pair"
     rc = main(["register-images", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
                "--fixed-labels", str(paths["fixed_labels"]), "--moving-labels", str(paths["moving_labels"]),
-               "--method", "ants_syn", "--params", json.dumps({"syn_metric": "CC", "syn_sampling": 2, "reg_iterations": [40, 20, 0]}), "--out", str(out)])
+               "--method", "ants_syn", "--params",
+               json.dumps({"syn_metric": "CC", "syn_sampling": 2, "reg_iterations": [40, 20, 0]}), "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "mean DSC" in printed and "folding" in printed and "field_itk" in printed

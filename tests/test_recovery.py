@@ -58,7 +58,8 @@ def test_kill_during_training_unlock_rerun_gives_the_same_metrics(tmp_path):
     deadline = time.time() + 600
     try:
         while not ckpt.exists():  # training has written its first checkpoint
-            assert proc.poll() is None, f"the run ended before training checkpointed:\n{(tmp_path / 'crashed.log').read_text()[-3000:]}"
+            assert proc.poll() is None, ("the run ended before training checkpointed:\n"
+                                         + (tmp_path / "crashed.log").read_text()[-3000:])
             assert time.time() < deadline, "no checkpoint within 10 minutes"
             time.sleep(0.02)
     finally:

@@ -213,14 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label values to score (default: every non-zero value of either map)")
     s.add_argument("--method", required=True,
                    help="a classical transform (identity, ants_affine, ants_syn, elastix) or any name with --model")
-    s.add_argument("--model", default=None, help="a trained network: work/<exp>/models/<dataset>/<method>/fold<k>/model.pt")
+    s.add_argument("--model", default=None,
+                   help="a trained network: work/<exp>/models/<dataset>/<method>/fold<k>/model.pt")
     s.add_argument("--params", default=None,
-                   help='JSON keyword arguments of the classical method, e.g. \'{"syn_metric": "CC", "syn_sampling": 2}\'')
+                   help="JSON keyword arguments of the classical method, e.g. "
+                        '\'{"syn_metric": "CC", "syn_sampling": 2}\'')
     s.add_argument("--inference-size", type=int, nargs="+", default=None,
                    help="learned model: predict on this grid instead of its training grid (e.g. 64 64)")
     s.add_argument("--intensity", default="auto", choices=["auto", "minmax", "none"],
-                   help="learned model: scale inputs to [0, 1] as the pipeline's readers do (auto: images outside [0, 1]; "
-                        "minmax: always; none)")
+                   help="learned model: scale inputs to [0, 1] as the pipeline's readers do "
+                        "(auto: images outside [0, 1]; minmax: always; none)")
     s.add_argument("--attention", default=None, help="learned model: attention segmenter model.pt (He et al. 2022)")
     s.add_argument("--resample-moving", action="store_true",
                    help="resample a moving image (and labels) that is not on the fixed grid onto it first")

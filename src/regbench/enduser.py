@@ -286,7 +286,8 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
     try:
         model = load_trained(model_path, dev)
     except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
-        raise ConfigError(f"{model_path}: not a model.pt written by `regbench train` ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(f"{model_path}: not a model.pt written by `regbench train` "
+                          f"({type(exc).__name__}: {exc})") from exc
     grid = None if inference_size else model_grid(model_path)
     size = tuple(int(s) for s in inference_size) if inference_size else (grid.shape if grid else None)
     f_arr, ornt = _canonical(fixed)
