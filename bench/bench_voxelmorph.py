@@ -1,7 +1,7 @@
 """Side-by-side speed of regbench's VoxelMorph and voxelmorph 0.3.4's ``VxmPairwise`` (benchmark, not a test).
 
     python bench/bench_voxelmorph.py [--sizes 256x256,96x128x96] [--repeats 9] [--warmup 2] [--threads 2]
-                                     [--device auto|cpu|cuda] [--amp] [--amp-dtype bfloat16|float16]
+                                     [--device auto|cpu|cuda] [--amp off,bfloat16]
                                      [--peer-int-steps 5] [--baseline-src /tmp/vxm-base/src]
                                      [--fast] [--profile] [--out bench/results/voxelmorph_speed]
 
@@ -18,6 +18,8 @@ Contenders:
   ``integration_steps=5`` unless ``--peer-int-steps``), trained with its working losses (voxelmorph 0.3.4's own
   ``losses.NCC``/``Grad`` raise NotImplementedError): ``-neurite.nn.modules.NCC(9)`` +
   ``neurite.nn.modules.SpatialGradient('l2')``.
+* ``peer(int_steps=0)`` (with ``--peer-int0``): the peer without its velocity integration, i.e. a plain
+  displacement field like regbench's default ``int_steps=0`` (ratios stay relative to ``peer``).
 * ``baseline`` (with ``--baseline-src``): the same as ``regbench`` but imported from another source tree (e.g. a
   ``git worktree`` of an older commit), loaded under another package name in the same process.
 * ``fast:channels_last`` and ``fast:channels_last+pool_ncc`` (with ``--fast``): ``regbench`` with the opt-in,
@@ -26,10 +28,11 @@ Contenders:
 
 Repeats are interleaved: each round runs every contender once (train step, then inference), the order rotating
 between rounds, so that load from other processes hits every contender alike. Reported: median and minimum
-seconds per contender and phase, and the ratio of each contender's median to the peer's. On CUDA the timings
-are synchronised (``torch.cuda.synchronize`` before and after). ``--amp`` wraps forward and loss in
-``torch.autocast`` (bfloat16 by default; float16 uses a ``GradScaler``) for every contender and is recorded in
-the table.
+seconds per contender and phase, the ratio of each contender's median to the peer's, and the paired ratio (median
+over rounds of the time over the peer's time in the same round). On CUDA the timings are synchronised
+(``torch.cuda.synchronize`` before and after). ``--amp off,bfloat16`` also runs every contender with the forward
+under ``torch.autocast`` (float16 adds a ``GradScaler``), the losses in float32; the mode is a column of the
+table. Mixed precision is a benchmark option only: no experiment uses it.
 
 Writes ``<out>.tsv`` (one row per size, phase and contender) and ``<out>.md`` (tables, parameter counts,
 machine). Text below the line ``<!-- notes -->`` of an existing ``<out>.md`` is kept.
@@ -164,7 +167,7 @@ def make_regbench(pkg, nd, name, channels_last=False, ncc_impl=None, **kw):
     return Contender(name, model, lambda f, w, d: ncc(f, w) + reg(d), forward, **kw)
 
 
-def make_peer(nd, int_steps, **kw):
+def make_peer(nd, int_steps, name="peer", **kw):
     import neurite as ne
     import voxelmorph as vxm
 
@@ -175,7 +178,7 @@ def make_peer(nd, int_steps, **kw):
     def forward(model, moving, fixed):
         return model(moving, fixed, return_warped_source=True)
 
-    return Contender("peer", model, lambda f, w, d: -ncc(f, w).mean() + reg(d), forward, **kw)
+    return Contender(name, model, lambda f, w, d: -ncc(f, w).mean() + reg(d), forward, **kw)
 
 
 def time_call(fn, dev) -> float:
@@ -263,14 +266,18 @@ def profile_contenders(contenders, moving, fixed, rows: int = 25) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="256x256,96x128x96", help="comma-separated, e.g. 256x256,96x128x96")
-    p.add_argument("--repeats", type=int, default=9, help="interleaved timed rounds per size")
+    p.add_argument("--repeats", default="9",
+                   help="interleaved timed rounds per size: one number, or one per size (comma-separated)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per size")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    p.add_argument("--amp", action="store_true", help="torch.autocast around forward and loss")
-    p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    p.add_argument("--amp", default="off",
+                   help="comma-separated mixed-precision modes to run, each a separate set of rows: off, "
+                        "bfloat16, float16 (torch.autocast around the forward; losses in float32)")
     p.add_argument("--peer-int-steps", type=int, default=None,
                    help="VxmPairwise integration_steps (default: its own default, 5)")
+    p.add_argument("--peer-int0", action="store_true",
+                   help="also time the peer without integration (integration_steps=0, like regbench's default)")
     p.add_argument("--baseline-src", default=None, help="also time regbench imported from this src dir")
     p.add_argument("--fast", action="store_true", help="also time regbench's opt-in fast (non-identical) paths")
     p.add_argument("--only", default=None, help="comma-separated contenders to keep (regbench,peer,...)")
@@ -284,18 +291,28 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if a.device == "auto" else a.device))
-    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}[a.amp_dtype] if a.amp else None
+    amp_modes = {"off": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    modes = [m.strip() for m in a.amp.split(",")]
+    bad = [m for m in modes if m not in amp_modes]
+    if bad:
+        p.error(f"unknown --amp mode(s) {bad}; use {sorted(amp_modes)}")
     base = load_regbench_from(a.baseline_src) if a.baseline_src else None
     sizes = [parse_size(s) for s in a.sizes.split(",")]
+    reps = [int(r) for r in str(a.repeats).split(",")]
+    if len(reps) not in (1, len(sizes)):
+        p.error(f"--repeats: give one number or one per size ({len(sizes)})")
+    repeats = dict(zip(sizes, reps * len(sizes) if len(reps) == 1 else reps))
     info = machine_info(dev)
     info["load_before"] = _load()
     rows, params = [], {}
-    print("size\tphase\tcontender\tmedian_s\tmin_s\tratio_to_peer\tpaired_ratio", flush=True)
-    for shape in sizes:
+    print("size\tamp\tphase\tcontender\tmedian_s\tmin_s\tratio_to_peer\tpaired_ratio", flush=True)
+    for shape, mode in [(s, m) for s in sizes for m in modes]:
         nd = len(shape)
         torch.manual_seed(0)
-        kw = {"dev": dev, "amp": amp}
+        kw = {"dev": dev, "amp": amp_modes[mode]}
         cs = [make_regbench(regbench, nd, "regbench", **kw), make_peer(nd, a.peer_int_steps, **kw)]
+        if a.peer_int0:
+            cs.append(make_peer(nd, 0, name="peer(int_steps=0)", **kw))
         if base is not None:
             cs.append(make_regbench(base, nd, "baseline", **kw))
         if a.fast:
@@ -309,11 +326,11 @@ def main(argv=None) -> int:
         label = "x".join(map(str, shape))
         for c in cs:
             macs = c.conv_macs(moving, fixed)
-            params[(nd, c.name)] = (c.params(), macs, macs / fixed[0, 0].numel())
+            params[(label, c.name)] = (c.params(), macs, macs / fixed[0, 0].numel())
         if a.profile:
-            print(f"## {label}\n\n" + profile_contenders(cs, moving, fixed))
+            print(f"## {label}, amp {mode}\n\n" + profile_contenders(cs, moving, fixed))
             continue
-        for r in range(a.warmup + a.repeats):
+        for r in range(a.warmup + repeats[shape]):
             k = r % len(cs)
             for c in cs[k:] + cs[:k]:
                 tt = time_call(lambda: c.train(moving, fixed), dev)
@@ -321,6 +338,7 @@ def main(argv=None) -> int:
                 if r >= a.warmup:
                     c.times["train"].append(tt)
                     c.times["infer"].append(ti)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         peer = next((c for c in cs if c.name == "peer"), None)
         for phase in ("train", "infer"):
             ref = statistics.median(peer.times[phase]) if peer else float("nan")
@@ -329,12 +347,12 @@ def main(argv=None) -> int:
                 paired = (statistics.median(t / p for t, p in zip(c.times[phase], peer.times[phase]))
                           if peer else float("nan"))
                 row = {"size": label, "ndim": nd, "phase": phase, "contender": c.name, "median_s": med,
-                       "min_s": mn, "ratio_to_peer": med / ref, "paired_ratio": paired, "repeats": a.repeats,
+                       "min_s": mn, "ratio_to_peer": med / ref, "paired_ratio": paired, "repeats": repeats[shape],
                        "device": dev.type,
-                       "amp": a.amp_dtype if a.amp else "off", "threads": a.threads, "params": c.params(),
+                       "amp": mode, "threads": a.threads, "params": c.params(), "load_1min": load,
                        "samples_s": ",".join(f"{t:.5f}" for t in c.times[phase])}
                 rows.append(row)
-                print(f"{label}\t{phase}\t{c.name}\t{med:.4f}\t{mn:.4f}\t{med / ref:.3f}\t{paired:.3f}", flush=True)
+                print(f"{label}\t{mode}\t{phase}\t{c.name}\t{med:.4f}\t{mn:.4f}\t{med / ref:.3f}\t{paired:.3f}", flush=True)
     if a.profile:
         return 0
     info["load_after"] = _load()
@@ -347,7 +365,7 @@ def write_results(out: Path, rows, params, info, a) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     cols = ["size", "ndim", "phase", "contender", "median_s", "min_s", "ratio_to_peer", "paired_ratio", "repeats",
             "device",
-            "amp", "threads", "params", "samples_s"]
+            "amp", "threads", "params", "load_1min", "samples_s"]
     lines = ["\t".join(cols)]
     for r in rows:
         lines.append("\t".join(f"{r[c]:.5f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
@@ -366,24 +384,27 @@ def write_results(out: Path, rows, params, info, a) -> None:
         "Written by `python bench/bench_voxelmorph.py " + " ".join(sys.argv[1:]) + "`; do not edit above the "
         "notes mark (the script rewrites it).",
         "",
-        f"Device {info['device']}, {a.threads} threads, batch 1, {a.repeats} interleaved rounds after "
-        f"{a.warmup} warm-up rounds, mixed precision: {a.amp_dtype if a.amp else 'off'}. "
+        f"Device {info['device']}, {a.threads} threads, batch 1, interleaved timed rounds per size in column n "
+        f"(after {a.warmup} warm-up rounds). Mixed precision (column amp): `torch.autocast` around the forward, losses in "
+        "float32; `off` = float32 throughout. "
         f"Peer: `VxmPairwise(nb_features={PEER_FEATURES})`, integration_steps {peer_int}, "
         "losses `-neurite NCC(9)` + `SpatialGradient('l2')`. regbench: `VoxelMorph(variant='vm2')` "
         "(int_steps 0), `LocalNCC(9)` + `Diffusion()`. Seconds per call (median, min); ratio to peer = median / "
-        "peer median; paired ratio = median over rounds of (time / peer time in the same round).",
+        "peer median; paired ratio = median over rounds of (time / peer time in the same round); load = 1-minute "
+        "load average when the size finished (this machine has 2 cores; above 2, other processes competed).",
         "",
-        "| size | phase | contender | median s | min s | ratio to peer | paired ratio |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| size | amp | phase | contender | n | median s | min s | ratio to peer | paired ratio | load |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        txt.append(f"| {r['size']} | {r['phase']} | {r['contender']} | {r['median_s']:.4f} | {r['min_s']:.4f} | "
-                   f"{r['ratio_to_peer']:.3f} | {r['paired_ratio']:.3f} |")
+        txt.append(f"| {r['size']} | {r['amp']} | {r['phase']} | {r['contender']} | {r['repeats']} | "
+                   f"{r['median_s']:.4f} | {r['min_s']:.4f} | {r['ratio_to_peer']:.3f} | {r['paired_ratio']:.3f} | "
+                   f"{r['load_1min']:.1f} |")
     txt += ["", "Parameters and convolution work (multiply-accumulates of one forward, batch 1):", "",
-            "| ndim | contender | parameters | conv GMAC at the size above | conv MAC per voxel |",
+            "| size | contender | parameters | conv GMAC | conv MAC per voxel |",
             "|---|---|---:|---:|---:|"]
-    for (nd, name), (n, macs, per_voxel) in params.items():
-        txt.append(f"| {nd}D | {name} | {n:,} | {macs / 1e9:.2f} | {per_voxel:,.0f} |")
+    for (label, name), (n, macs, per_voxel) in params.items():
+        txt.append(f"| {label} | {name} | {n:,} | {macs / 1e9:.2f} | {per_voxel:,.0f} |")
     txt += ["", "Machine:", ""]
     txt += [f"- {k}: {v}" for k, v in info.items()]
     txt += ["", NOTES_MARK]

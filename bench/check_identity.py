@@ -13,7 +13,7 @@ with ``torch.equal`` (every element bit-equal, up to the sign of zeros), on seed
   ``jacobian_determinant``, and of the losses ``LocalNCC`` (windows 9 and 5), ``Diffusion`` (l1/l2,
   px/normalized), ``SSIMLoss`` (gaussian/uniform), ``GlobalNCC``, in float32 and float64, 2D and 3D, at
   several grid sizes (the conv backend PyTorch picks depends on the size);
-* every parameter and buffer, and the loss trajectory, after ``--steps`` Adam steps of VoxelMorph (VM-2 and
+* every parameter and buffer, the loss trajectory and the ``torch.no_grad()`` outputs, after ``--steps`` Adam steps of VoxelMorph (VM-2 and
   VM-1; ``int_steps`` 0 and 7) with LocalNCC(9) + Diffusion at 2D and 3D sizes including the demo's, and of
   He et al. 2022's network and AC-RegNet / RCINet at 64x64, batch 4, with global NCC + SSIM + TV on the
   normalised field + soft Dice on linearly warped one-hot labels.
@@ -156,6 +156,11 @@ def train_pair(pkg, build, loss_kind, shape, batch, steps, lr, seed=0):
         opt.step()
         hist.append(loss.detach())
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.eval()
+    with torch.no_grad():  # inference path (no autograd) of the trained network
+        out = model(moving, fixed)
+    for k in ("ddf", "warped"):
+        state[f"inference:{k}"] = out[k]
     return state, torch.stack(hist)
 
 

@@ -225,11 +225,12 @@ def test_cached_grid_is_not_modified_by_warping():
 @pytest.mark.parametrize("shape", [(1, 1, 64, 64), (4, 1, 64, 64), (1, 1, 256, 256), (2, 3, 13, 17),
                                    (1, 1, 32, 32, 32), (1, 1, 13, 17, 19), (2, 1, 16, 20, 24)])
 @pytest.mark.parametrize("window", [9, 5, 1])
-def test_box_sum_gradient_is_bit_identical_to_convolution_backward(shape, dtype, window):
+def test_box_sum_gradient_is_bit_identical_to_convolution_backward(shape, dtype, window, monkeypatch):
     """LocalNCC's box sums take their gradient from shifted additions (regbench.losses._BoxSumFunction); it
     must equal the convolutions' autograd gradient exactly (both CPU backends: slow path and oneDNN)."""
     from regbench import losses
 
+    monkeypatch.setattr(losses, "_ADJOINT_MIN_NUMEL", 0)  # every size through the shifted additions
     g = torch.Generator().manual_seed(sum(shape) + window)
     x = (torch.rand(*shape, generator=g, dtype=dtype) * torch.randn(*shape, generator=g, dtype=dtype))
     x.requires_grad_()
@@ -242,9 +243,23 @@ def test_box_sum_gradient_is_bit_identical_to_convolution_backward(shape, dtype,
     assert torch.equal(new, ref) and torch.equal(g_new, g_ref)
 
 
-def test_box_sum_function_supports_double_backward():
+def test_box_sum_uses_shifted_additions_only_where_they_pay_and_restores_threads():
     from regbench import losses
 
+    small = torch.rand(1, 1, 64, 64, requires_grad=True)
+    big = torch.rand(1, 1, 256, 256, requires_grad=True)
+    assert "BoxSum" not in type(losses._box_sum(small, 9).grad_fn).__name__
+    threads = torch.get_num_threads()
+    losses._box_sum(big, 9).sum().backward()  # the backward runs on one thread, then restores the count
+    assert torch.get_num_threads() == threads and big.grad is not None
+    with torch.no_grad():
+        assert losses._box_sum(big, 9).grad_fn is None
+
+
+def test_box_sum_function_supports_double_backward(monkeypatch):
+    from regbench import losses
+
+    monkeypatch.setattr(losses, "_ADJOINT_MIN_NUMEL", 0)
     x = torch.rand(1, 1, 9, 11, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: losses._box_sum(t, 5), (x,))
     assert torch.autograd.gradgradcheck(lambda t: losses._box_sum(t, 5), (x,))
@@ -302,3 +317,21 @@ def test_local_ncc_pool_option_matches_the_default_closely(shape):
     assert torch.allclose(a, b, rtol=1e-10) and torch.allclose(ga, gb, rtol=1e-8, atol=1e-14)
     with pytest.raises(ValueError, match="impl"):
         LocalNCC(9, impl="fft")
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (32, 32, 16), (16, 16)])
+def test_voxelmorph_inference_path_equals_the_autograd_path(shape):
+    """Without autograd the U-Net writes upsampled features straight into the skip concatenation; the
+    outputs must equal those of the autograd path exactly."""
+    from regbench.models.voxelmorph import VoxelMorph
+
+    torch.manual_seed(0)
+    model = VoxelMorph(len(shape), "vm2")
+    torch.nn.init.normal_(model.flow.weight, std=0.05)
+    g = torch.Generator().manual_seed(4)
+    m, f = torch.rand(2, 1, *shape, generator=g), torch.rand(2, 1, *shape, generator=g)
+    with_grad = model(m, f)
+    with torch.no_grad():
+        without = model(m, f)
+    assert with_grad["ddf"].requires_grad and not without["ddf"].requires_grad
+    assert torch.equal(with_grad["ddf"], without["ddf"]) and torch.equal(with_grad["warped"], without["warped"])

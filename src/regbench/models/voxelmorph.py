@@ -63,13 +63,32 @@ class VoxelMorphUNet(nn.Module):
             skips.append(layer(skips[-1]))
         y = skips[-1]
         for i in range(3):
-            y = self.dec[i](y)
-            y = F.interpolate(y, scale_factor=2, mode="nearest")
-            y = torch.cat([y, skips[-(i + 2)]], dim=1)
+            y = _upsample_cat(self.dec[i](y), skips[-(i + 2)])
         y = self.dec[4](self.dec[3](y))
-        y = F.interpolate(y, scale_factor=2, mode="nearest")
-        y = self.dec[5](torch.cat([y, skips[0]], dim=1))
+        y = self.dec[5](_upsample_cat(y, skips[0]))
         return self.extra(y) if self.extra is not None else y
+
+
+def _upsample_cat(y: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``cat([nearest 2x upsampling of y, skip], dim=1)``: ``(B, Cy, *s)``, ``(B, Cs, *2s)`` -> ``(B, Cy+Cs, *2s)``.
+
+    Without autograd (inference), for contiguous tensors and a ``skip`` of at least 65536 elements, the
+    upsampled copy is written straight into the concatenated tensor: nearest 2x upsampling repeats every value
+    twice along each axis, so this is the same tensor, element for element, with one full-resolution copy
+    fewer. Otherwise ``F.interpolate`` + ``torch.cat`` (whose backward the trained networks were run with).
+    """
+    b, cy, *s = y.shape
+    fused = (not (torch.is_grad_enabled() and (y.requires_grad or skip.requires_grad))
+             and y.is_contiguous() and skip.is_contiguous() and skip.numel() >= 65536
+             and [2 * n for n in s] == list(skip.shape[2:]))
+    if not fused:
+        return torch.cat([F.interpolate(y, scale_factor=2, mode="nearest"), skip], dim=1)
+    out = y.new_empty((b, cy + skip.shape[1], *skip.shape[2:]))
+    pairs = [v for n in s for v in (n, 2)]  # view (B, Cy, s0, 2, s1, 2[, s2, 2]) of the upsampled part
+    ones = [v for n in s for v in (n, 1)]
+    out[:, :cy].view(b, cy, *pairs).copy_(y.reshape(b, cy, *ones).expand(b, cy, *pairs))
+    out[:, cy:].copy_(skip)
+    return out
 
 
 class VoxelMorph(nn.Module):
