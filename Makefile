@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 
 ## Regenerate result tables and figures from the saved metrics (no retraining), then results/report.zip.
-REPORT_CONFIGS := config/demo.yaml $(addprefix config/papers/,he2022.yaml he2022_long.yaml he2022_4k.yaml \
+REPORT_CONFIGS := config/demo.yaml config/demo_multimodal.yaml $(addprefix config/papers/,he2022.yaml he2022_long.yaml he2022_4k.yaml \
 	he2022_clip.yaml he2022_clip8k.yaml he2022_celogits.yaml he2022_clip_allpairs.yaml \
 	he2022_clip_allpairs_seed1.yaml he2022_clip_allpairs_seed2.yaml)
 
