@@ -22,9 +22,8 @@ Contenders:
   displacement field like regbench's default ``int_steps=0`` (ratios stay relative to ``peer``).
 * ``baseline`` (with ``--baseline-src``): the same as ``regbench`` but imported from another source tree (e.g. a
   ``git worktree`` of an older commit), loaded under another package name in the same process.
-* ``fast:channels_last`` and ``fast:channels_last+pool_ncc`` (with ``--fast``): ``regbench`` with the opt-in,
-  numerically different fast paths, ``VoxelMorph(channels_last=True)`` and also ``LocalNCC(impl="pool")``;
-  not the default path (results differ from it in the last bits).
+* ``fast:channels_last`` (with ``--fast``): ``regbench`` with the opt-in, numerically different fast path
+  ``VoxelMorph(channels_last=True)``; not the default path (results differ from it in the last bits).
 
 Repeats are interleaved: each round runs every contender once (train step, then inference), the order rotating
 between rounds, so that load from other processes hits every contender alike. Reported: median and minimum
@@ -151,13 +150,13 @@ class Contender:
             self.forward(self.model, moving, fixed)
 
 
-def make_regbench(pkg, nd, name, channels_last=False, ncc_impl=None, **kw):
-    """Contender for a regbench package object (the current one or a baseline copy); the options are the
-    opt-in fast paths (``VoxelMorph(channels_last=True)``, ``LocalNCC(impl=...)``), default off."""
+def make_regbench(pkg, nd, name, channels_last=False, **kw):
+    """Contender for a regbench package object (the current one or a baseline copy); ``channels_last`` is the
+    opt-in fast path ``VoxelMorph(channels_last=True)``, default off."""
     vm = importlib.import_module(f"{pkg.__name__}.models.voxelmorph")
     losses = importlib.import_module(f"{pkg.__name__}.losses")
     model = vm.VoxelMorph(nd, "vm2", channels_last=True) if channels_last else vm.VoxelMorph(nd, "vm2")
-    ncc = losses.LocalNCC(9, impl=ncc_impl) if ncc_impl else losses.LocalNCC(9)
+    ncc = losses.LocalNCC(9)
     reg = losses.Diffusion()
 
     def forward(model, moving, fixed):
@@ -317,8 +316,6 @@ def main(argv=None) -> int:
             cs.append(make_regbench(base, nd, "baseline", **kw))
         if a.fast:
             cs.append(make_regbench(regbench, nd, "fast:channels_last", channels_last=True, **kw))
-            cs.append(make_regbench(regbench, nd, "fast:channels_last+pool_ncc", channels_last=True,
-                                    ncc_impl="pool", **kw))
         if a.only:
             keep = set(a.only.split(","))
             cs = [c for c in cs if c.name in keep]

@@ -129,48 +129,19 @@ class LocalNCC(nn.Module):
     Args:
         window: odd window size in voxels (same along every axis).
         eps: added to the denominator.
-        impl: how the five windowed sums are computed. ``"conv"`` (default): separable convolutions with a
-            kernel of ones (:func:`_box_sum`), the values every existing experiment was run with.
-            ``"pool"``: opt-in speed option, the five moment images stacked along channels and summed by
-            one separable average pooling per axis (times the window), as neurite's ``NCC`` does; faster on
-            CPU for 3D volumes but rounded differently (loss and gradients differ in the last bits).
-
-    Forward ``fixed``, ``warped``: ``(B, C, *spatial)`` (2D or 3D), same shape; returns a scalar.
-
-    Raises:
-        ValueError: ``window`` not a positive odd integer, or unknown ``impl``.
     """
 
-    IMPLS = ("conv", "pool")
-
-    def __init__(self, window: int = 9, eps: float = 1e-5, impl: str = "conv"):
+    def __init__(self, window: int = 9, eps: float = 1e-5):
         super().__init__()
         if window % 2 != 1 or window < 1:
             raise ValueError(f"window must be a positive odd integer, got {window}")
-        if impl not in self.IMPLS:
-            raise ValueError(f"impl must be one of {self.IMPLS}, got {impl!r}")
-        self.window, self.eps, self.impl = window, eps, impl
-
-    @staticmethod
-    def _pooled_box_sums(x: torch.Tensor, window: int) -> torch.Tensor:
-        """Windowed sums of every channel of ``x`` by separable average pooling (zero padding) x window."""
-        nd = x.dim() - 2
-        pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-        for axis in range(nd):
-            kernel, padding = [1] * nd, [0] * nd
-            kernel[axis], padding[axis] = window, window // 2
-            x = pool(x, kernel, stride=1, padding=padding, count_include_pad=True) * float(window)
-        return x
+        self.window, self.eps = window, eps
 
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         w = self.window
         n = float(w ** (fixed.dim() - 2))
-        if self.impl == "pool":
-            moments = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
-            f_sum, m_sum, ff, mm, fm = self._pooled_box_sums(moments, w).chunk(5, dim=1)
-        else:
-            f_sum, m_sum = _box_sum(fixed, w), _box_sum(warped, w)
-            ff, mm, fm = _box_sum(fixed * fixed, w), _box_sum(warped * warped, w), _box_sum(fixed * warped, w)
+        f_sum, m_sum = _box_sum(fixed, w), _box_sum(warped, w)
+        ff, mm, fm = _box_sum(fixed * fixed, w), _box_sum(warped * warped, w), _box_sum(fixed * warped, w)
         cross = fm - f_sum * m_sum / n
         f_var = ff - f_sum * f_sum / n
         m_var = mm - m_sum * m_sum / n
