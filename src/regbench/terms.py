@@ -153,7 +153,8 @@ class Term(nn.Module):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"loss term {self.key!r}: {exc}") from exc
 
-    def setup(self, **params: Any) -> None:  # pragma: no cover - overridden where a term has settings
+    def setup(self, **params: Any) -> None:
+        """Take the term's own settings; the base takes none (a term with settings overrides this)."""
         if params:
             raise TypeError(f"unexpected parameters {sorted(params)}")
 
@@ -263,9 +264,6 @@ class AutoEncoderCodeTerm(_LabelTerm):
     background = True
     component_default = "autoencoder"
 
-    def setup(self) -> None:
-        pass
-
     def compute(self, ctx: TermContext) -> torch.Tensor:
         if self.component not in ctx.components:
             raise ConfigError(f"loss term {self.label!r} needs a trained component {self.component!r} "
@@ -282,9 +280,6 @@ class InverseConsistencyTerm(Term):
     fields are exact inverses; units voxels^2. Needs both grids equal."""
 
     reads = {"forward": "ddf", "backward": "ddf_inv"}
-
-    def setup(self) -> None:
-        pass
 
     def compute(self, ctx: TermContext) -> torch.Tensor:
         u, v = self.get(ctx, "forward"), self.get(ctx, "backward")
@@ -325,9 +320,6 @@ class AdversarialTerm(Term):
 
     reads = {"fixed": "fixed", "warped": "warped"}
     component_default = "critic"
-
-    def setup(self) -> None:
-        pass
 
     def compute(self, ctx: TermContext) -> torch.Tensor:
         logits = _critic_logits(ctx.components[self.component], self.get(ctx, "fixed"), self.get(ctx, "warped"))

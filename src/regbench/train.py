@@ -101,10 +101,10 @@ def load_component(model_path: str | Path, device: torch.device) -> torch.nn.Mod
     """Load a frozen pre-trained component: an auxiliary network (:func:`regbench.auxiliary.load_auxiliary`)
     or another method's trained registration model (:func:`load_trained`), in eval mode without gradients.
     The returned module has a ``spec_hash`` attribute (it enters the spec hash of runs that use it)."""
-    blob = torch.load(model_path, map_location="cpu", weights_only=False)
+    blob = torch.load(model_path, map_location=device, weights_only=False)
     if "kind" in blob:
         return load_auxiliary(model_path, device)
-    model = load_trained(model_path, device).requires_grad_(False)
+    model = _from_blob(blob, model_path, device).requires_grad_(False)
     model.spec_hash = blob.get("spec_hash")
     return model
 
@@ -274,7 +274,12 @@ def load_trained(model_path: str | Path, device: torch.device,
     Raises:
         ConfigError: the overrides change the architecture (the weights no longer load).
     """
-    blob = torch.load(model_path, map_location=device, weights_only=False)
+    return _from_blob(torch.load(model_path, map_location=device, weights_only=False), model_path, device, overrides)
+
+
+def _from_blob(blob: dict[str, Any], model_path: str | Path, device: torch.device,
+               overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The eval-mode model of a loaded ``model.pt`` dict (see :func:`load_trained`)."""
     params = {**blob["params"], **(overrides or {})}
     model = build_model(blob["name"], blob["ndim"], **params).to(device)
     try:
