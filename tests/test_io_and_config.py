@@ -130,6 +130,29 @@ def test_extends_deep_merges_and_drops(tmp_path):
     assert list(resolved["methods"]) == [m for m in base["methods"] if m != "syn_cc"]     # base order kept
 
 
+def test_extends_report_tables_inherit_the_paper_values_of_their_namesake(tmp_path):
+    pv = {"voxelmorph": {"dsc": "0.80 ± 0.01"}}
+    base = {"experiment": "b", "report": {"tables": [{"name": "table1", "paper_values": pv},
+                                                     {"name": "table2", "paper_values": {"x": {"dsc": 1}}}]}}
+    _write(tmp_path / "config" / "base.yaml", base)
+    child = {"extends": "config/base.yaml", "experiment": "v",
+             "report": {"tables": [{"name": "table1", "methods": ["voxelmorph"]},
+                                   {"name": "table2", "paper_values": {}}, {"name": "table9"}]}}
+    tables = resolve_extends(child, "v.yaml", tmp_path)["report"]["tables"]
+    assert tables[0] == {"name": "table1", "methods": ["voxelmorph"], "paper_values": pv}   # inherited
+    assert tables[1]["paper_values"] == {}                                               # its own kept
+    assert "paper_values" not in tables[2]                                                # no namesake
+    tables[0]["paper_values"]["voxelmorph"]["dsc"] = "changed"
+    assert base["report"]["tables"][0]["paper_values"] == pv                              # a copy
+
+
+def test_zhu2021_archives_tables_show_the_papers_values():
+    exps = load_experiments(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), base=REPO)
+    full = {t["name"]: t for t in exps["zhu2021_full"]["report"]["tables"]}
+    for t in exps["zhu2021"]["report"]["tables"]:
+        assert t["paper_values"] == full[t["name"]]["paper_values"], t["name"]
+
+
 @pytest.mark.parametrize("child, match", [
     ({"extends": "config/missing.yaml", "experiment": "v"}, r"v\.yaml: extends: 'config/missing\.yaml': no such file"),
     ({"extends": "config/base.yaml"}, r"v\.yaml: extends 'config/base\.yaml' but sets no `experiment:`"),

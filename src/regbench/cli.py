@@ -123,9 +123,10 @@ def cmd_report(a: argparse.Namespace) -> None:
         exp = next(iter(exps.values()))
     else:
         raise RegbenchError("report needs --spec JSON or --config experiment.yaml")
-    metrics = [Path(p) for p in a.metrics] or sorted(Path(a.out_dir).glob("metrics/*/*/fold*.tsv"))
-    aux = [Path(p) for p in a.aux_metrics or []] or sorted(Path(a.out_dir).glob("aux/*/*/fold*.tsv"))
-    render_experiment(exp, metrics, Path(a.out_dir), aux_metrics_paths=aux)
+    out_dir = Path(a.out_dir) if a.out_dir else Path("results") / exp["experiment"]
+    metrics = [Path(p) for p in a.metrics] or sorted(out_dir.glob("metrics/*/*/fold*.tsv"))
+    aux = [Path(p) for p in a.aux_metrics or []] or sorted(out_dir.glob("aux/*/*/fold*.tsv"))
+    render_experiment(exp, metrics, out_dir, aux_metrics_paths=aux)
 
 
 def cmd_register_images(a: argparse.Namespace) -> None:
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="render an experiment's tables and figures from its metrics TSVs")
     s.add_argument("--spec", default=None, help="JSON experiment config (what the Snakemake rule passes)")
     s.add_argument("--config", default=None, help="experiment YAML (e.g. config/demo.yaml), instead of --spec")
-    s.add_argument("--out-dir", required=True)
+    s.add_argument("--out-dir", default=None, help="default: results/<experiment name> (where the pipeline writes it)")
     s.add_argument("metrics", nargs="*", help="metrics TSVs (default: <out-dir>/metrics/*/*/fold*.tsv)")
     s.add_argument("--aux-metrics", nargs="+", action="extend", default=None, metavar="P",
                    help="aux metrics TSVs of the auxiliary networks, for report.tables items with `auxiliary` "

@@ -8,7 +8,10 @@ and the key path.
 An experiment file may build on another with ``extends: <path from the repository root>`` (resolved by
 :func:`resolve_extends` before validation): the file is deep-merged over its base (mappings merge key by key,
 any other value replaces the base's), then the dotted key paths listed in ``drop:`` are removed. Variants of
-one experiment (another step budget, an optimiser setting) thereby state only what differs.
+one experiment (another step budget, an optimiser setting) thereby state only what differs. A list replaces
+its base's whole, with one exception for the paper's numbers: an item of the extending file's
+``report.tables`` that sets no ``paper_values`` takes those of the base's table of the same ``name`` (a
+scaled-down variant that shows fewer rows or datasets still prints the paper's values beside its own).
 """
 
 from __future__ import annotations
@@ -71,7 +74,9 @@ def resolve_extends(exp: dict[str, Any], source: str, base: str | Path = ".",
         path = Path(base) / parent
         if not path.is_file():
             raise ConfigError(f"{source}: extends: {parent!r}: no such file ({path})")
-        merged = _deep_merge(resolve_extends(load_yaml(path) or {}, parent, base, (*_seen, source)), own)
+        parent_exp = resolve_extends(load_yaml(path) or {}, parent, base, (*_seen, source))
+        merged = _deep_merge(parent_exp, own)
+        _inherit_paper_values(merged, parent_exp)
     else:
         merged = own
     for dotted in drops:
@@ -86,6 +91,18 @@ def resolve_extends(exp: dict[str, Any], source: str, base: str | Path = ".",
             else:
                 node = node[k]
     return merged
+
+
+def _inherit_paper_values(merged: dict[str, Any], parent: dict[str, Any]) -> None:
+    """Give each ``report.tables`` item of ``merged`` without ``paper_values`` the base table's (same name)."""
+    tables = (merged.get("report") or {}).get("tables")
+    base_tables = (parent.get("report") or {}).get("tables")
+    if not isinstance(tables, list) or not isinstance(base_tables, list):
+        return
+    by_name = {t.get("name"): t for t in base_tables if isinstance(t, dict) and "paper_values" in t}
+    for item in tables:
+        if isinstance(item, dict) and "paper_values" not in item and item.get("name") in by_name:
+            item["paper_values"] = copy.deepcopy(by_name[item["name"]]["paper_values"])
 
 
 def _grouping_labels(path: str, where: str, base: str | Path) -> dict[int, str]:
