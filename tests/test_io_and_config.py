@@ -5,10 +5,12 @@ import copy
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from regbench.config import load_experiments, resolve_extends, validate_experiment
+from regbench.data import subsample_pairs
 from regbench.errors import ConfigError, DataError, ShapeMismatchError
 from regbench.io import check_same_grid, load_ddf, load_image, save_ddf, save_image
 
@@ -105,6 +107,22 @@ def test_cross_reference_errors():
     cfg["report"]["reference"] = "voxelmorf"
     with pytest.raises(ConfigError, match="report.reference: unknown method 'voxelmorf'"):
         validate_experiment(cfg, "x.yaml")
+
+
+def test_method_pairs_cap_names_a_known_method():
+    cfg = copy.deepcopy(DEMO)
+    cfg["scale"]["method_max_test_pairs"] = {"syn_cx": 3}
+    with pytest.raises(ConfigError, match="scale.method_max_test_pairs: unknown method 'syn_cx'"):
+        validate_experiment(cfg, "x.yaml")
+
+
+def test_method_pairs_cap_is_a_subset_of_the_experiment_selection():
+    pairs = pd.DataFrame({"fixed": [f"f{i}" for i in range(200)], "moving": [f"m{i}" for i in range(200)]})
+    first = subsample_pairs(pairs, 90, 3)
+    capped = subsample_pairs(first, 30, 3)
+    assert len(first) == 90 and len(capped) == 30
+    assert set(capped["fixed"]) <= set(first["fixed"])
+    assert subsample_pairs(first, None, 3).equals(first)
 
 
 def _write(path, obj):

@@ -97,7 +97,7 @@ def cmd_register(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     register_pairs(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"],
                    device=s.get("device", "auto"), model_path=a.model, max_pairs=s.get("max_pairs"),
-                   seg=s.get("seg", "seg"), attention_path=a.attention)
+                   seg=s.get("seg", "seg"), attention_path=a.attention, method_max_pairs=s.get("method_max_pairs"))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:

@@ -185,6 +185,9 @@ def validate_experiment(exp: dict[str, Any], source: str, base: str | Path = "."
             if role is not None and role not in comps and role not in critics:
                 raise ConfigError(f"{source}: methods.{mid}: loss term {t.get('name')!r} needs component {role!r} "
                                   "(`autoencoder: <auxiliary id>`, `components: {role: id}` or train.critics)")
+    for mid in (exp.get("scale") or {}).get("method_max_test_pairs") or {}:
+        if mid not in methods:
+            raise ConfigError(f"{source}: scale.method_max_test_pairs: unknown method {mid!r}; known: {sorted(methods)}")
     rep = exp["report"]
     for mid in rep.get("method_order", []) or []:
         if mid not in methods:

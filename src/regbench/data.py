@@ -98,7 +98,11 @@ class PreparedDataset:
 
 
 def subsample_pairs(pairs: pd.DataFrame, max_pairs: int | None, seed: int) -> pd.DataFrame:
-    """Return at most ``max_pairs`` rows chosen with a fixed seed (all rows, in order, when ``None``)."""
+    """Return at most ``max_pairs`` rows chosen with a fixed seed (all rows, in order, when ``None``).
+
+    Applied twice (``subsample_pairs(subsample_pairs(p, 90, s), 30, s)``) it gives a subset of the first
+    selection: how a per-method cap (``scale.method_max_test_pairs``) keeps its pairs among everyone's.
+    """
     if max_pairs is None or len(pairs) <= max_pairs:
         return pairs
     rng = np.random.default_rng(seed)

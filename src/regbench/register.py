@@ -90,6 +90,7 @@ def register_pairs(
     max_pairs: int | None = None,
     seg: str = "seg",
     attention_path: str | Path | None = None,
+    method_max_pairs: int | None = None,
 ) -> Path:
     """Register every test pair of ``fold`` (or a seeded subset of ``max_pairs``); return ``pairs.tsv``.
 
@@ -103,6 +104,8 @@ def register_pairs(
         max_pairs: scale knob; ``None`` registers all test pairs (the protocol).
         seg: ``cases.tsv`` column of the label maps warped along with the images.
         attention_path: the attention segmenter's ``model.pt`` for a method with ``attention``.
+        method_max_pairs: this method's own cap (``scale.method_max_test_pairs``): a seeded subset of the
+            ``max_pairs`` selection, so its pairs are among those every other method registers.
 
     Raises:
         ConfigError: a learned method without ``model_path`` (or with ``attention`` but no
@@ -113,6 +116,7 @@ def register_pairs(
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = PreparedDataset.open(prep_dir)
     pairs = subsample_pairs(ds.pairs_for(fold, "test"), max_pairs, seed)
+    pairs = subsample_pairs(pairs, method_max_pairs, seed)
     columns = pair_columns(modality)
     kind = method.get("kind")
     if kind == "learned":

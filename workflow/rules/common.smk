@@ -42,6 +42,14 @@ def method_cfg(w):
     return exp(w)["methods"][w.method]
 
 
+def method_pairs_cap(w):
+    """``{"method_max_pairs": n}`` where ``scale.method_max_test_pairs`` caps this method (on this dataset)."""
+    cap = (exp(w)["scale"].get("method_max_test_pairs") or {}).get(w.method)
+    if isinstance(cap, dict):
+        cap = cap.get(w.dataset)
+    return {"method_max_pairs": cap} if cap else {}
+
+
 def dataset_cfg(w):
     return exp(w)["datasets"][w.dataset]
 
