@@ -48,6 +48,7 @@ REPORT_ZIP_RULES := $(foreach c,$(REPORT_CONFIGS),report_$(shell sed -n 's/^expe
 report: $(STAMP)
 	set -e; for c in $(REPORT_CONFIGS); do \
 		$(BIN)/regbench report --config $$c; done
+	$(BIN)/regbench results-index
 	$(MAKE) --no-print-directory report-zip
 
 ## Only results/report.zip, from the tables and figures as they are.

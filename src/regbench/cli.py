@@ -147,6 +147,12 @@ def cmd_register_images(a: argparse.Namespace) -> None:
     print(format_summary(summary, summary["outputs"]["metrics"]))
 
 
+def cmd_results_index(a: argparse.Namespace) -> None:
+    from .report.front import write_results_index
+
+    print(f"wrote {write_results_index(a.catalogue, a.results)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``regbench`` argument parser (one subparser per stage)."""
     p = argparse.ArgumentParser(prog="regbench", description=__doc__.splitlines()[0])
@@ -198,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aux metrics TSVs of the auxiliary networks, for report.tables items with `auxiliary` "
                         "(default: <out-dir>/aux/*/*/fold*.tsv); end the list with `--` or put it after the metrics TSVs")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("results-index", help="write results/README.md: every paper's tables and figures, "
+                                             "their protocol and the gap to the paper")
+    s.add_argument("--catalogue", default="config/results_index.yaml")
+    s.add_argument("--results", default="results")
+    s.set_defaults(func=cmd_results_index)
 
     s = sub.add_parser(
         "register-images", help="register your own fixed/moving NIfTI pair (ANTs/ITK field, warped labels, metrics)",

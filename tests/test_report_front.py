@@ -1,0 +1,71 @@
+"""results/README.md, the front page: items found or "not yet run", their protocol and the gap to the paper."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from regbench.errors import ConfigError
+from regbench.report.front import headline_gap, load_catalogue, write_results_index
+
+from conftest import REPO
+
+
+def _run_dir(path, scale):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "provenance.json").write_text(json.dumps({"scale": scale}))
+
+
+def _tree(tmp_path):
+    res = tmp_path / "results"
+    _run_dir(res / "p1", {"max_train_steps": 300, "note": "text"})
+    (res / "p1" / "table.md").write_text("| x |")
+    pd.DataFrame({"method": ["ours", "ours", "base"], "dsc_mean": [0.80, 0.90, 0.5],
+                  "dsc_paper_mean": [0.97, 0.95, 0.6], "dataset": ["a", "b", "a"]}).to_csv(res / "p1" / "table.csv", index=False)
+    _run_dir(res / "p1" / "demo", {"max_train_steps": 10})
+    (res / "p1" / "demo" / "fig2.png").write_bytes(b"png")
+    _run_dir(res / "p2", {})
+    (res / "p2" / "table3.md").write_text("| x |")
+    pd.DataFrame({"method": ["ours"] * 2, "metric": ["dsc"] * 2, "label": [1, 2], "scale": [100.0] * 2,
+                  "mean": [60.0, 50.0], "paper_mean": [63.0, 55.0]}).to_csv(res / "p2" / "table3.csv", index=False)
+    cat = {"papers": {
+        "p1": {"title": "Paper one", "config": "config/p1.yaml", "proposed": "ours",
+               "items": [{"name": "table1", "file": "p1/table"}, {"name": "fig2"}, {"name": "table9"}]},
+        "p2": {"title": "Paper two", "config": "config/p2.yaml", "proposed": "ours", "items": [{"name": "table3"}]},
+    }}
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "p1.yaml").write_text("x: 1")
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump(cat))
+    return res
+
+
+def test_front_page_lists_protocols_gaps_and_missing_items(tmp_path):
+    res = _tree(tmp_path)
+    text = write_results_index(tmp_path / "cat.yaml", res, config_root=tmp_path).read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| Item")}
+    assert rows["table1"][1:] == ["p1/table.md", "scaled: max_train_steps=300", "dsc a -0.170, b -0.050"]
+    assert rows["fig2"][1:] == ["p1/demo/fig2.png", "demo (max_train_steps=10)", "—"]
+    assert rows["table9"][1:] == ["—", "not yet run", "—"]
+    assert rows["table3"][1:] == ["p2/table3.md", "paper's", "dsc -4.000 pp"]
+    assert "`config/p1.yaml` · 2 of 3 items rendered" in text
+    assert "`config/p2.yaml` (not written yet)" in text
+
+
+def test_headline_gap_without_paper_values_is_empty(tmp_path):
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"method": ["ours"], "dsc_mean": [0.8]}).to_csv(csv, index=False)
+    assert headline_gap(csv, "ours", "dsc") == ""
+    assert headline_gap(tmp_path / "missing.csv", "ours", "dsc") == ""
+
+
+def test_bad_catalogue_is_named(tmp_path):
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump({"papers": {"p": {"items": [{"what": "no name"}]}}}))
+    with pytest.raises(ConfigError, match=r"cat\.yaml: papers\.p\.items"):
+        load_catalogue(tmp_path / "cat.yaml")
+
+
+def test_repository_catalogue_covers_the_five_papers():
+    papers = load_catalogue(REPO / "config" / "results_index.yaml")
+    assert set(papers) == {"he2022", "zhu2021", "huang2021", "ding2021", "cai2023"}
