@@ -7,6 +7,7 @@ from typing import Callable
 import torch.nn as nn
 
 from .acregnet import ACRegNet, RCINet
+from .cai2023 import Cai2023Cascade
 from .faim import FAIM
 from .he2022 import He2022RegNet
 from .multifc import MultiFCNet
@@ -28,6 +29,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "symnet": SYMNet,
     "faim": FAIM,
     "multifc": MultiFCNet,
+    "cai2023": Cai2023Cascade,
 }
 
 
