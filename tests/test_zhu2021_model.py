@@ -34,6 +34,22 @@ def test_outputs_and_identity_start(shape):
     torch.testing.assert_close(out["warped"], spatial.warp(m, out["ddf"]))
 
 
+def test_affine_head_sees_the_pair_in_training_with_batch_1():
+    """Pooling a batch-normalised map with batch 1 gives BN's shift for every input (a constant affine); the
+    head must read the activation before that normalisation, so two pairs give two different affines."""
+    torch.manual_seed(0)
+    model = build_model("zhu2021", 3).train()
+    with torch.no_grad():
+        model.affine_head.weight.normal_(0, 0.1)
+    shape = (16, 16, 16)
+    a = model(torch.rand(1, 1, *shape), torch.rand(1, 1, *shape))["affine"]
+    b = model(torch.rand(1, 1, *shape) ** 3, torch.rand(1, 1, *shape))["affine"]
+    assert (a - b).abs().max() > 1e-3
+    feats = model.encoder(torch.cat([torch.rand(1, 1, *shape), torch.rand(1, 1, *shape)], 1))
+    pooled = feats[-1].flatten(2).mean(-1)                     # what a literal reading would pool: ~BN's beta (0)
+    assert pooled.abs().max() < 1e-5
+
+
 def test_full_field_is_the_affine_then_the_deformable_field():
     torch.manual_seed(1)
     model = build_model("zhu2021", 2)

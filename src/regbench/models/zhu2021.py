@@ -9,7 +9,12 @@ Architecture (Sec. 2.A-2.B, Figs. 2-3), with the choices the paper leaves open m
   three downsampling blocks (3x3x3 convolution, stride 2; *ours*: same width as the block before, followed
   by LeakyReLU(0.2)). LeakyReLU slope 0.2 (*ours*, VoxelMorph's).
 * **Affine subnetwork** (Sec. 2.A): the shared encoder on ``(F, M)``, global average pooling and one linear
-  layer to 12 numbers: a 3x3 matrix and a translation, applied to voxel coordinates about the grid centre
+  layer to 12 numbers. *Ours*: the pooling reads the last block's activation *before* its batch
+  normalisation. Read literally (pool the block's output), with batch 1 in training the spatial mean of a
+  batch-normalised map is its shift ``beta`` for every input, so the linear layer would see a constant
+  and predict the same affine for every pair; in evaluation the running statistics make it input-dependent but
+  never trained as such (our first LPBA40 run did this: affine DSC below no alignment). The 12 numbers are a
+  3x3 matrix and a translation, applied to voxel coordinates about the grid centre
   (:func:`regbench.spatial.affine_to_ddf`). *Ours*: the linear layer is initialised to zero so training
   starts at the identity, and the translation is predicted as a fraction of the half grid size (so the same
   weights mean the same motion on any grid). ``A = M`` warped by the affine map.
@@ -61,15 +66,19 @@ class _ConvBNBlock(nn.Module):
         self.act = nn.LeakyReLU(0.2)
         self.norm = _norm(ndim, cout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.act(self.conv(x)))
+    def forward(self, x: torch.Tensor, pre_norm: bool = False):
+        """``(B, cout, *s)``; with ``pre_norm`` also the activation before the batch normalisation."""
+        a = self.act(self.conv(x))
+        return (self.norm(a), a) if pre_norm else self.norm(a)
 
 
 class SharedEncoder(nn.Module):
     """Four conv blocks (16, 32, 32, 32) with three stride-2 downsampling convolutions between them.
 
     Input ``(B, 2C, *spatial)`` (spatial sizes divisible by 8); returns the four level outputs, full
-    resolution first: ``[(B, 16, s), (B, 32, s/2), (B, 32, s/4), (B, 32, s/8)]``.
+    resolution first: ``[(B, 16, s), (B, 32, s/2), (B, 32, s/4), (B, 32, s/8)]``. With ``pre_norm=True``,
+    ``(levels, a)`` where ``a`` ``(B, 32, s/8)`` is the last block's activation before its batch normalisation
+    (what the affine head pools).
     """
 
     def __init__(self, ndim: int, in_channels: int = 2, widths: tuple[int, ...] = ENCODER):
@@ -84,14 +93,17 @@ class SharedEncoder(nn.Module):
             cin = w
         self.widths = tuple(widths)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
+    def forward(self, x: torch.Tensor, pre_norm: bool = False):
+        feats, last = [], None
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            if pre_norm and i == len(self.blocks) - 1:
+                x, last = block(x, pre_norm=True)
+            else:
+                x = block(x)
             feats.append(x)
             if i < len(self.down):
                 x = self.down[i](x)
-        return feats
+        return (feats, last) if pre_norm else feats
 
 
 class DilatedBlock(nn.Module):
@@ -165,7 +177,8 @@ class Zhu2021Net(nn.Module):
         self.flow = flow_head(ndim, cin)
 
     def _affine(self, feats: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, ndim, ndim + 1)`` voxel-space matrix about the centre and its DDF from the deepest features."""
+        """``(B, ndim, ndim + 1)`` voxel-space matrix about the centre and its DDF from the deepest features
+        (the last block's activation before its batch normalisation, see the module docstring)."""
         nd = self.ndim
         theta = self.affine_head(feats.flatten(2).mean(-1)).view(-1, nd, nd + 1)
         half = torch.tensor([(s - 1) / 2.0 for s in shape], dtype=theta.dtype, device=theta.device)
@@ -181,7 +194,7 @@ class Zhu2021Net(nn.Module):
             raise ValueError(f"spatial sizes {shape} must be divisible by 8 for the Zhu et al. network")
         out: dict = {}
         if self.use_affine:
-            matrix, affine_ddf = self._affine(self.encoder(torch.cat([moving, fixed], 1))[-1], shape)
+            matrix, affine_ddf = self._affine(self.encoder(torch.cat([moving, fixed], 1), pre_norm=True)[1], shape)
             aligned = spatial.warp(moving, affine_ddf)
             out.update(affine=matrix, affine_ddf=affine_ddf)
             if self.affine_only:
