@@ -17,7 +17,7 @@ so one class serves e.g. a similarity on the affine output (``inputs: {warped: a
 warped_inv}``). ``label`` names the term's training-log column (default: ``name``; required when a name is
 used twice). Adding a term is adding a class here with :func:`register_term`; the trainer is not touched.
 
-Registered names: similarity ``lncc``, ``ncc``, ``mse``, ``ssim``, ``mi``, ``ngf``; regularisers
+Registered names: similarity ``lncc``, ``ncc``, ``mse``, ``ssim``, ``mi``, ``ngf``, ``segi``; regularisers
 ``diffusion``, ``tv``; label terms ``dice``, ``ce``, ``ae``; ``inverse_consistency``, ``cycle``; adversarial
 ``adversarial`` (generator side) and ``critic_bce`` (the critic's own loss, see :mod:`regbench.train`).
 """
@@ -189,6 +189,8 @@ for _name, _cls, _doc in (
     ("ssim", L.SSIMLoss, "1 - SSIM (He et al. 2022, Eq. 9-10)"),
     ("mi", L.MutualInformation, "Parzen-window mutual information (params ``bins``, ``sigma_ratio``)"),
     ("ngf", L.NormalizedGradientField, "normalised gradient fields (param ``eps``)"),
+    ("segi", L.SpatiallyEncodedGradient, "spatially encoded gradient information cosine, MMRegNet (Ding et al. "
+     "2021, Eq. 4-8; params ``sigmas``, ``eps``, ``order``, ``cosine``)"),
 ):
     register_term(_name)(type(f"{_cls.__name__}Term", (_Similarity,), {"module": _cls, "__doc__": f"Negative {_doc}."}))
 

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from .acregnet import ACRegNet, RCINet
 from .cai2023 import Cai2023Cascade
+from .ding2021 import MMRegNet
 from .faim import FAIM
 from .he2022 import He2022RegNet
 from .multifc import MultiFCNet
@@ -30,6 +31,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "faim": FAIM,
     "multifc": MultiFCNet,
     "cai2023": Cai2023Cascade,
+    "mmregnet": MMRegNet,
 }
 
 
