@@ -6,7 +6,12 @@ a pair come from one :func:`regbench.metrics.surface_metrics_per_label` call (in
 :func:`regbench.metrics.evaluate_pair`), which crops each label to its bounding box. Where the dataset carries a
 ground-truth template-to-case field per case (column ``ddf`` in ``cases.tsv``, the synthetic demo), the pair's
 true DDF is derived with :func:`regbench.datasets.demo.true_pair_ddf` and TRE is measured over the fixed
-image's foreground (label > 0) voxels. A ``ssim_clean`` column of the registration table (methods with
+image's foreground (label > 0) voxels. Where it carries landmarks per case (column ``landmarks``, a TSV of voxel
+coordinates on the prepared grid, SLIVER07 in RCN's files; :func:`regbench.datasets.liver.write_landmarks`), each
+pair gets ``tre_landmark_<unit>`` / ``tre_landmark_std_<unit>``: mean / std over the landmarks of
+:func:`regbench.metrics.landmark_tre` (fixed landmarks mapped through the DDF onto the moving grid, compared with
+the moving landmarks, scaled by the moving image's voxel size); ``NaN`` for a pair where either case has none.
+A ``ssim_clean`` column of the registration table (methods with
 attention, He et al. 2022 Fig. 8) is carried over per pair. ``folding_count_native`` is the ``det J <= 0``
 count on the grid the method predicted its field on: the registration table's value for a network run at a
 smaller ``inference_size`` (e.g. 64 px for a 256 px test, He et al. 2022), else ``folding_count`` itself.
@@ -35,6 +40,36 @@ def _native_folding(reg_row: pd.Series, folding_count: float) -> float:
     the evaluation grid (the field was predicted there)."""
     v = reg_row.get("folding_count_native")
     return float(v) if v is not None and pd.notna(v) else float(folding_count)
+
+
+def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modality: str, unit: str) -> dict:
+    """``{tre_landmark_<unit>, tre_landmark_std_<unit>}`` of one pair (``NaN`` without landmarks on both sides).
+
+    The DDF lives on the fixed grid and pulls back (``warped(x) = moving(x + u(x))``), so a fixed landmark ``p``
+    corresponds to ``p + u(p)`` in the moving grid; :func:`regbench.metrics.landmark_tre` measures its distance
+    to the moving landmark in the moving image's voxel size (``unit: px``: voxels)."""
+    from .datasets.liver import read_landmarks
+
+    nan = float("nan")
+    out = {f"tre_landmark_{unit}": nan, f"tre_landmark_std_{unit}": nan}
+    cells = [ds.cases.at[pair[k], "landmarks"] for k in ("fixed", "moving")]
+    if not all(isinstance(c, str) and c for c in cells):
+        return out
+    fp = read_landmarks(ds.path(pair["fixed"], "landmarks"))
+    mp = read_landmarks(ds.path(pair["moving"], "landmarks"))
+    if fp.shape != mp.shape:
+        raise DataError(f"{ds.root / 'cases.tsv'}: pair {pair['pair_id']}: {len(fp)} fixed vs {len(mp)} moving "
+                        f"landmarks; they must correspond one to one")
+    spacing = None
+    if unit == "mm":
+        import nibabel as nib
+
+        column = modality if isinstance(modality, str) else modality["moving"]
+        spacing = tuple(float(z) for z in nib.load(str(ds.path(pair["moving"], column))).header.get_zooms()[:3])
+    err = metrics.landmark_tre(ddf, fp, mp, spacing=spacing)
+    out[f"tre_landmark_{unit}"] = float(err.mean())
+    out[f"tre_landmark_std_{unit}"] = float(err.std())
+    return out
 
 
 def evaluate_method(
@@ -69,6 +104,7 @@ def evaluate_method(
     reg = pd.read_csv(table, sep="\t", dtype={"pair_id": str, "fixed": str, "moving": str})
     ds = PreparedDataset.open(prep_dir)
     has_truth = ds.has("ddf")
+    has_landmarks = "landmarks" in ds.cases.columns
     label_values = sorted(int(k) for k in labels)
     rows = []
     for _, r in tqdm(reg.iterrows(), total=len(reg), desc=f"evaluate {method_name} fold{fold}", unit="pair",
@@ -88,7 +124,9 @@ def evaluate_method(
             fixed.array, warped, fseg, wseg, ddf, spacing, label_values,
             true_ddf=true_ddf, tre_mask=fseg > 0, unit=unit,
         )
+        lm = _landmark_tre(ds, r, ddf, modality, unit) if has_landmarks else {}
         for row in per_label:
+            row.update(lm)
             # report columns: tre_<unit> (mean over the mask) and tre_std_<unit>
             row[f"tre_{unit}"] = row.pop(f"tre_mean_{unit}")
             rows.append({
