@@ -51,8 +51,16 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
         from .datasets.brain import build_brain
 
         build_brain(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
+    elif kind == "liver":
+        from .datasets.liver_prep import build_liver
+
+        build_liver(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
+    elif kind == "brats":
+        from .datasets.brats import build_brats
+
+        build_brats(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
     else:  # the schema admits only implemented readers; this guards direct CLI use
-        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray, brain)")
+        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray, brain, liver, brats)")
 
 
 def cmd_train(a: argparse.Namespace) -> None:

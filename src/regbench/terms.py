@@ -19,7 +19,8 @@ used twice). Adding a term is adding a class here with :func:`register_term`; th
 
 Registered names: similarity ``lncc``, ``ncc``, ``mse``, ``ssim``, ``mi``, ``ngf``, ``segi``; regularisers
 ``diffusion``, ``tv``; label terms ``dice``, ``ce``, ``ae``; ``inverse_consistency``, ``cycle``; adversarial
-``adversarial`` (generator side) and ``critic_bce`` (the critic's own loss, see :mod:`regbench.train`).
+``adversarial`` (generator side) and ``critic_bce`` (the critic's own loss, see :mod:`regbench.train`);
+Huang et al. 2021's ``gdsc``, ``dt`` and ``bending`` (end of the file).
 """
 
 from __future__ import annotations
@@ -579,3 +580,178 @@ class AffineRegularityTerm(Term):
         tr_inv = torch.diagonal(torch.linalg.inv(c), dim1=1, dim2=2).sum(-1)
         e = 1.0 + self.eps
         return (tr + e * e * tr_inv - 2.0 * nd * e).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Huang et al. 2021 (cross-scale Siamese U-Nets; docs/huang2021.md): GDSC, label centre distance (dt), bending
+# energy. The label terms also take cross-size pairs: a moving label map smaller than the field's grid is
+# zero-padded onto it by the model's padding module placement (output ``moving_pad``, Huang2021Siamese).
+
+
+def gaussian_kernel1d(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor | None:
+    """Huang et al. 2021, Eq. 4: ``k(x) = exp(-x^2 / (2 sigma^2))`` on the integers ``x`` in ``[-3 sigma, 3 sigma]``
+    (``floor(3 sigma)`` either side, as the authors' code), divided by its sum; ``None`` for ``sigma = 0`` ("when
+    sigma is 0, no blur kernel is generated"). Raises ValueError for ``sigma < 0``."""
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if sigma == 0:
+        return None
+    tail = int(3 * sigma)
+    x = torch.arange(-tail, tail + 1, dtype=dtype, device=device)
+    k = torch.exp(-0.5 * x * x / (sigma * sigma))
+    return k / k.sum()
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable isotropic Gaussian smoothing of ``(B, C, *spatial)`` maps (2 or 3 spatial axes) with
+    :func:`gaussian_kernel1d`, zero padding, same shape (the code's ``SAME`` convolutions); identity at 0."""
+    k = gaussian_kernel1d(sigma, x.dtype, x.device)
+    if k is None:
+        return x
+    nd = x.dim() - 2
+    conv = {2: F.conv2d, 3: F.conv3d}[nd]
+    b, c = x.shape[:2]
+    y = x.reshape(b * c, 1, *x.shape[2:])
+    n = k.numel()
+    for axis in range(nd):
+        shape = [1, 1] + [n if a == axis else 1 for a in range(nd)]
+        pad = [n // 2 if a == axis else 0 for a in range(nd)]
+        y = conv(y, k.view(shape), padding=tuple(pad))
+    return y.reshape(x.shape)
+
+
+def _pad_moving(t: torch.Tensor, grid: tuple[int, ...], pads: Any, label: str) -> torch.Tensor:
+    """Zero-pad ``t`` ``(B, K, *s_m)`` onto ``grid`` with per-axis ``(before, after)`` amounts ``pads``."""
+    pads = [(int(a), int(b)) for a, b in pads]
+    got = tuple(s + a + b for s, (a, b) in zip(t.shape[2:], pads))
+    if got != tuple(grid):
+        raise ConfigError(f"loss term {label!r}: moving map {tuple(t.shape[2:])} padded by {pads} gives {got}, "
+                          f"not the field's grid {tuple(grid)}")
+    return F.pad(t, [v for a, b in reversed(pads) for v in (a, b)])
+
+
+class _CrossSizeLabelTerm(_LabelTerm):
+    """A label term whose moving label map may lie on a smaller grid than ``field`` (a cross-size pair of a
+    Siamese network): then it is zero-padded onto the field's grid with the model output ``moving_pad``
+    (role ``moving_pad``) before the warp. Same-grid pairs use the shared cached warp of :class:`TermContext`."""
+
+    reads = {"field": "ddf", "fixed_seg": "fixed_seg", "moving_seg": "moving_seg", "moving_pad": "moving_pad"}
+
+    def maps(self, ctx: TermContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.labels:
+            raise ConfigError(f"loss term {self.label!r} needs the dataset's labels")
+        values = ((0,) if self.background else ()) + self.labels
+        field = self.get(ctx, "field")
+        fixed = ctx.onehot(self.bind["fixed_seg"], values)
+        moving = ctx.onehot(self.bind["moving_seg"], values)
+        if moving.shape[2:] == field.shape[2:]:
+            return fixed, ctx.warped_onehot(self.bind["moving_seg"], self.bind["field"], values)
+        moving = _pad_moving(moving, tuple(field.shape[2:]), self.get(ctx, "moving_pad"), self.label)
+        return fixed, spatial.warp(moving, field)
+
+
+@register_term("gdsc")
+class GaussianDiceTerm(_CrossSizeLabelTerm):
+    """Multi-scale Dice on Gaussian-smoothed labels, GDSC (Huang et al. 2021, Eq. 3-5):
+    ``L = 1 - (1/Z) sum_z 2 sum(p_z g_z) / (sum p_z + sum g_z)``, ``p_z``/``g_z`` the warped moving / fixed
+    one-hot label maps smoothed by the Gaussian of Eq. 4 with standard deviation ``sigma_z`` (voxels; 0 = no
+    smoothing, so ``sigmas: [0]`` is the plain soft Dice of Eq. 2).
+
+    Params: ``sigmas`` (default ``[0, 1, 2, 4, 8]``, the paper's set; Table 4 also uses ``[0, 1]``,
+    ``[0, 1, 2]``, ``[0, 1, 2, 4]``), ``eps`` (added to the denominator, default 1e-6, the code's ``eps_vol``),
+    ``denominator``: ``linear`` (default: Eq. 5 and the authors' ``dice_simple``, ``sum p + sum g``) or
+    ``squared`` (``sum p^2 + sum g^2``, Milletari et al. 2016; *ours*, an option). Dice per sample and
+    foreground label, averaged over labels, scales and the batch (the authors' code has one label; *ours* for
+    several). Unitless, in [0, 1]. Identical label maps give 0 at ``sigma = 0`` but, with the linear
+    denominator, ``1 - sum p_z^2 / sum p_z > 0`` at a smoothed scale (a soft map's Dice with itself is below
+    1); the loss is still smallest at alignment (a shift keeps ``sum p_z`` and lowers ``sum p_z g_z``). With
+    ``squared`` identical maps give 0 at every scale.
+    """
+
+    def setup(self, sigmas: list[float] | tuple[float, ...] = (0, 1, 2, 4, 8), eps: float = 1e-6,
+              denominator: str = "linear") -> None:
+        sig = [float(s) for s in (sigmas if isinstance(sigmas, (list, tuple)) else [sigmas])]
+        if not sig or any(s < 0 for s in sig):
+            raise ValueError(f"sigmas must be a non-empty list of values >= 0, got {sigmas!r}")
+        if denominator not in ("linear", "squared"):
+            raise ValueError(f"denominator must be 'linear' or 'squared', got {denominator!r}")
+        self.sigmas, self.eps, self.squared = tuple(sig), float(eps), denominator == "squared"
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        g, p = self.maps(ctx)
+        losses = []
+        for s in self.sigmas:
+            gs, ps = gaussian_smooth(g, s), gaussian_smooth(p, s)
+            dims = tuple(range(2, g.dim()))
+            den = (gs * gs).sum(dims) + (ps * ps).sum(dims) if self.squared else gs.sum(dims) + ps.sum(dims)
+            dice = 2.0 * (gs * ps).sum(dims) / (den + self.eps)
+            losses.append(1.0 - dice.mean())
+        return torch.stack(losses).mean()
+
+
+@register_term("dt")
+class LabelCentreDistanceTerm(_CrossSizeLabelTerm):
+    """Label centre distance "dt" (Wang et al., the CAN paper, as Huang et al. 2021 describe it: "the center point
+    distance of the anatomical labels", Table 3): the Euclidean distance in voxels between the centroid of each
+    fixed foreground label and that of the warped moving one, ``sum_x x p(x) / sum_x p(x)`` of the one-hot maps
+    (the warped map linearly interpolated, so the term is differentiable in the field; the authors' code takes
+    the centroid of the thresholded map, which has no gradient). Mean over the labels present in both maps and
+    the batch (zero if none). ``squash: sigmoid`` returns ``sigmoid(mean distance)`` as the authors' code
+    (``build_loss_2``); default ``none``. Zero for identical maps; units voxels (``none``)."""
+
+    def setup(self, squash: str = "none", eps: float = 1e-6) -> None:
+        if squash not in ("none", "sigmoid"):
+            raise ValueError(f"squash must be 'none' or 'sigmoid', got {squash!r}")
+        self.squash, self.eps = squash, float(eps)
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        g, p = self.maps(ctx)
+        nd = g.dim() - 2
+        grid = spatial.identity_grid(g.shape[2:], device=g.device, dtype=g.dtype)  # (nd, *s)
+        dims = tuple(range(2, g.dim()))
+        mg, mp = g.sum(dims), p.sum(dims)                                          # (B, K)
+        cg = torch.stack([(g * grid[i]).sum(dims) for i in range(nd)], -1) / (mg.unsqueeze(-1) + self.eps)
+        cp = torch.stack([(p * grid[i]).sum(dims) for i in range(nd)], -1) / (mp.unsqueeze(-1) + self.eps)
+        valid = (mg > self.eps) & (mp > self.eps)
+        d = torch.sqrt(((cg - cp) ** 2).sum(-1) + 1e-12)
+        dist = (d * valid).sum() / valid.sum().clamp(min=1) if bool(valid.any()) else d.sum() * 0.0
+        return torch.sigmoid(dist) if self.squash == "sigmoid" else dist
+
+
+def bending_energy(ddf: torch.Tensor) -> torch.Tensor:
+    """Bending energy (Rueckert et al., IEEE TMI 1999) of a field ``(B, ndim, *spatial)`` (voxels):
+    ``mean(sum_i d_ii^2 + 2 sum_{i<j} d_ij^2)`` over the voxels and the field's components, the second
+    derivatives taken as central differences of central differences on the interior (each difference crops
+    one voxel on every side), as the authors' code (LabelReg's ``compute_bending_energy``). Exact on quadratic
+    fields: ``u_0 = a x_0^2`` gives ``4 a^2 / ndim``. Needs at least 5 voxels per axis; units voxel^-2 x voxel^2."""
+    nd = ddf.dim() - 2
+    if nd not in (2, 3) or ddf.shape[1] != nd:
+        raise ValueError(f"field must be (B, ndim, *spatial) with ndim 2 or 3, got {tuple(ddf.shape)}")
+    if any(s < 5 for s in ddf.shape[2:]):
+        raise ValueError(f"bending energy needs at least 5 voxels per axis, got {tuple(ddf.shape[2:])}")
+
+    def d(f: torch.Tensor, axis: int) -> torch.Tensor:
+        idx = [slice(None), slice(None)] + [slice(1, -1)] * nd
+        hi, lo = list(idx), list(idx)
+        hi[2 + axis], lo[2 + axis] = slice(2, None), slice(None, -2)
+        return (f[tuple(hi)] - f[tuple(lo)]) / 2.0
+
+    first = [d(ddf, a) for a in range(nd)]
+    total = 0.0
+    for i in range(nd):
+        for j in range(i, nd):
+            dij = d(first[i], j)
+            total = total + (1.0 if i == j else 2.0) * dij * dij
+    return total.mean()
+
+
+@register_term("bending")
+class BendingEnergyTerm(Term):
+    """Bending energy of ``field`` (default ``ddf``): :func:`bending_energy`. Huang et al. 2021, Eq. 6-7:
+    ``L = L_GDSC + alpha L_smooth`` with the bending energy as ``L_smooth`` and ``alpha = 0.5`` (the term's
+    ``weight``). No existing term is a second-derivative penalty (``diffusion`` and ``tv`` are first-order)."""
+
+    reads = {"field": "ddf"}
+
+    def compute(self, ctx: TermContext) -> torch.Tensor:
+        return bending_energy(self.get(ctx, "field"))

@@ -11,6 +11,7 @@ from .cai2023 import Cai2023Cascade
 from .ding2021 import MMRegNet
 from .faim import FAIM
 from .he2022 import He2022RegNet
+from .huang2021 import Huang2021Net, Huang2021Siamese
 from .multifc import MultiFCNet
 from .symnet import SYMNet
 from .voxelmorph import VoxelMorph
@@ -32,6 +33,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "multifc": MultiFCNet,
     "cai2023": Cai2023Cascade,
     "mmregnet": MMRegNet,
+    "huang2021": Huang2021Net,
+    "huang2021_siamese": Huang2021Siamese,
 }
 
 
