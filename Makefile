@@ -37,13 +37,13 @@ lint: $(STAMP)
 
 ## Regenerate result tables and figures from the saved metrics (no retraining), then results/report.zip.
 # (each into results/<its experiment name>, e.g. zhu2021_archives.yaml -> results/zhu2021)
-REPORT_CONFIGS := config/demo.yaml config/demo_multimodal.yaml $(addprefix config/papers/,he2022.yaml he2022_long.yaml he2022_4k.yaml \
-	he2022_clip.yaml he2022_clip8k.yaml he2022_celogits.yaml he2022_clip_allpairs.yaml \
-	he2022_clip_allpairs_seed1.yaml he2022_clip_allpairs_seed2.yaml zhu2021_archives.yaml)
+REPORT_CONFIGS := config/demo.yaml config/demo_multimodal.yaml $(addprefix config/papers/,he2022.yaml he2022/studies/steps_1000.yaml he2022/studies/steps_4000.yaml \
+	he2022/studies/clip.yaml he2022/studies/clip_8000.yaml he2022/studies/ce_logits.yaml he2022/studies/clip_allpairs.yaml \
+	he2022/studies/clip_allpairs_seed1.yaml he2022/studies/clip_allpairs_seed2.yaml zhu2021_archives.yaml)
 
 # ... and Snakemake's report of them: one browsable results/report.zip (category per paper, subcategory per table
 # or figure, labels per experiment and dataset); files made outside this working tree only warn "Missing metadata"
-REPORT_ZIP_RULES := $(foreach c,$(REPORT_CONFIGS),report_$(shell sed -n 's/^experiment: *//p' $(c) | head -n 1))
+REPORT_ZIP_RULES := $(foreach c,$(REPORT_CONFIGS),report_$(shell sed -n 's/^experiment: *//p' $(c) | head -n 1 | sed 's|/|__|g'))
 
 report: $(STAMP)
 	set -e; for c in $(REPORT_CONFIGS); do \

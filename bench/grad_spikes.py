@@ -1,6 +1,6 @@
 """Which loss term makes the gradient spikes? A diagnostic (not a test) for the chest X-ray runs.
 
-    python bench/grad_spikes.py [--config config/papers/he2022_clip.yaml] [--dataset jsrt] [--method he2022]
+    python bench/grad_spikes.py [--config config/papers/he2022/studies/clip.yaml] [--dataset jsrt] [--method he2022]
                                 [--steps 500] [--spike 50] [--out bench/results/grad_spikes_jsrt]
 
 Re-trains ``--method`` on the train pairs of ``--dataset`` (fold 0) for ``--steps`` steps with the experiment's
@@ -61,7 +61,7 @@ def summarise(log: pd.DataFrame, spike: float) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="config/papers/he2022_clip.yaml")
+    p.add_argument("--config", default="config/papers/he2022/studies/clip.yaml")
     p.add_argument("--dataset", default="jsrt")
     p.add_argument("--method", default="he2022")
     p.add_argument("--steps", type=int, default=500)

@@ -83,6 +83,23 @@ def test_demo_and_full_configs_validate():
     assert "demo" in exps and exps["demo"]["datasets"]["demo"]["labels"][2] == "GM"
 
 
+def test_nested_experiment_names(tmp_path):
+    """An experiment name is its path under results/ (and work/, data/prep/, logs/): a study or demo nests under
+    its paper (`demo/studies/short`), never under a folder the outer experiment writes itself."""
+    def load(*names):
+        for i, n in enumerate(names):
+            _write(tmp_path / "config" / f"e{i}.yaml", {**copy.deepcopy(DEMO), "experiment": n})
+        return load_experiments({"experiments": [f"config/e{i}.yaml" for i in range(len(names))]}, base=tmp_path)
+
+    assert sorted(load("demo", "demo/studies/short")) == ["demo", "demo/studies/short"]
+    for clash in ("demo/metrics", "demo/models/x", "demo/demo"):  # results/demo/metrics, work/demo/models, a dataset
+        with pytest.raises(ConfigError, match=rf"{clash!r} is nested in experiment 'demo'"):
+            load("demo", clash)
+    for bad in ("demo/", "/demo", "demo//x", "../demo", "Demo/x"):
+        with pytest.raises(ConfigError, match="experiment"):
+            load(bad)
+
+
 @pytest.mark.parametrize(
     "mutate, key",
     [
@@ -192,9 +209,9 @@ def test_extends_cycle_is_reported(tmp_path):
 
 
 def test_he2022_variants_differ_from_their_base_only_where_they_say():
-    """The chest X-ray budget variants extend he2022_long: same data, auxiliary networks and losses."""
+    """The chest X-ray budget variants extend he2022/studies/steps_1000: same data, auxiliary networks and losses."""
     exps = load_experiments(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), base=REPO)
-    long, k4, clip, clip8k = (exps[n] for n in ("he2022_long", "he2022_4k", "he2022_clip", "he2022_clip8k"))
+    long, k4, clip, clip8k = (exps[f"he2022/studies/{n}"] for n in ("steps_1000", "steps_4000", "clip", "clip_8000"))
     for e in (k4, clip):
         assert e["datasets"] == long["datasets"] and e["auxiliary"] == long["auxiliary"]
         for m in ("acregnet", "he2022"):

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from regbench.config import report_rule
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -45,7 +47,9 @@ def report_zip(tmp_path_factory):
         src = REPO / "results" / exp
         if not src.is_dir():
             pytest.fail(f"results/{exp} is missing: `make report` renders it from committed metrics")
-        shutil.copytree(src, work / "results" / exp, ignore=shutil.ignore_patterns("metrics", "aux"))
+        # nested experiments (he2022/studies/clip inside he2022) are copied with their outer one, then again
+        shutil.copytree(src, work / "results" / exp, ignore=shutil.ignore_patterns("metrics", "aux"),
+                        dirs_exist_ok=True)
     (work / ".venv").mkdir()
     (work / ".venv" / ".installed").touch()  # the venv of this test run stands in for the copy's own
     r = subprocess.run(["make", "report-zip", f"BIN={BIN}"], cwd=work, capture_output=True, text=True, timeout=600)
@@ -63,14 +67,15 @@ def _index(zf: zipfile.ZipFile) -> tuple[dict, dict]:
 
 def _declared_outputs(work: Path, experiments) -> dict[str, list[str]]:
     """The report rules' declared outputs per experiment, from a dry-run (what `rule report_<exp>` writes)."""
-    rules = [f"report_{e}" for e in experiments.values()]
+    by_rule = {report_rule(e): e for e in experiments.values()}
+    rules = list(by_rule)
     r = subprocess.run([str(BIN / "snakemake"), *rules, "-n", "--forceall", "--nolock", "--configfile",
                         "config/config.yaml"], cwd=work, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = {}
     for rule, outputs in re.findall(r"^rule (report_\w+):\n(?:    .*\n)*?    output: (.*)$", r.stdout + r.stderr,
                                     flags=re.M):
-        out[rule[len("report_"):]] = [p.strip() for p in outputs.split(",")]
+        out[by_rule[rule]] = [p.strip() for p in outputs.split(",")]
     return out
 
 
@@ -99,4 +104,4 @@ def test_report_zip_holds_every_table_and_figure(report_zip):
     he = categories["He et al. 2022"]
     for sub in ("table", "table2_attention_segmentation", "table3_autoencoder", "table4_attention", "fig8_ssim"):
         assert sub in he, sorted(he)
-    assert "results/he2022/table.csv" in he["table"] and "results/he2022_long/table.csv" in he["table"]
+    assert "results/he2022/table.csv" in he["table"] and "results/he2022/studies/steps_1000/table.csv" in he["table"]

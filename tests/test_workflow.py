@@ -39,19 +39,19 @@ def test_he2022_training_waits_for_its_auxiliary_networks():
     assert "train_aux" in out and "seg_ce" not in out  # only the networks this method uses
 
 
-@pytest.mark.parametrize("configfile, builds_other_runs", [("config/papers/he2022_4k.yaml", False),
+@pytest.mark.parametrize("configfile, builds_other_runs", [("config/papers/he2022/studies/steps_4000.yaml", False),
                                                             ("config/config.yaml", True)])
 def test_budget_series_reads_other_experiments_metrics(configfile, builds_other_runs):
-    """Alone, he2022_4k's budget series reads the committed metrics of he2022 / he2022_long as source files;
+    """Alone, he2022/studies/steps_4000's budget series reads the committed metrics of he2022 / he2022/studies/steps_1000 as source files;
     in the full configuration it waits for those experiments' evaluate jobs."""
-    target = "results/he2022_4k/training_budget.md"
+    target = "results/he2022/studies/steps_4000/training_budget.md"
     r = run(["-n", "--nolock", "--forceall", "--configfile", configfile, "--printshellcmds", target])
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "--out-dir results/he2022_4k" in out
+    assert "--out-dir results/he2022/studies/steps_4000" in out
     built = "--out results/he2022/metrics/jsrt/he2022/fold0.tsv" in out
     assert built == builds_other_runs
-    assert ("work/he2022_long/models/" in out) == builds_other_runs
+    assert ("work/he2022/studies/steps_1000/models/" in out) == builds_other_runs
 
 
 def test_lint_is_clean():

@@ -198,6 +198,42 @@ def validate_experiment(exp: dict[str, Any], source: str, base: str | Path = "."
     return exp
 
 
+#: Folders an experiment writes directly under its own path (``results/<e>/metrics``, ``results/<e>/aux``,
+#: ``work/<e>/models``, ``work/<e>/reg``, ``work/<e>/aux``, ``logs/<e>/<stage>``): an experiment nested under
+#: another (``he2022/studies/clip`` under ``he2022``) must not be named like one of them or like one of the
+#: outer experiment's datasets (``data/prep/<e>/<dataset>``).
+RESERVED_SUBDIRS = frozenset({"metrics", "aux", "models", "reg", "fetch", "preprocess", "train", "train_aux",
+                              "register", "evaluate", "evaluate_aux", "report"})
+
+
+def check_nested_experiments(experiments: dict[str, dict[str, Any]]) -> None:
+    """Check that experiments whose names nest (``ding2021`` and ``ding2021/demo``) cannot overwrite each
+    other's files.
+
+    Experiment names are paths (``results/<name>``, ``work/<name>``, ``data/prep/<name>``, ``logs/<name>``), so
+    ``a/b`` lives inside ``a``'s folders; its first component below ``a`` (``b``) must not be one of
+    :data:`RESERVED_SUBDIRS` or a dataset of ``a``.
+
+    Raises:
+        ConfigError: naming both experiments and the clashing folder.
+    """
+    for outer, e in experiments.items():
+        taken = RESERVED_SUBDIRS | set(e.get("datasets", {}))
+        for inner in experiments:
+            if inner.startswith(outer + "/"):
+                first = inner[len(outer) + 1:].split("/")[0]
+                if first in taken:
+                    raise ConfigError(
+                        f"experiment {inner!r} is nested in experiment {outer!r} under {first!r}, a folder "
+                        f"{outer!r} writes itself (its datasets and {sorted(RESERVED_SUBDIRS)}): rename one of them")
+
+
+def report_rule(name: str) -> str:
+    """The Snakemake report rule of experiment ``name``: ``report_<name>`` with each ``/`` of a nested name as
+    ``__`` (``ding2021/demo`` -> ``report_ding2021__demo``), as rule names are identifiers."""
+    return "report_" + name.replace("/", "__")
+
+
 def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str, dict[str, Any]]:
     """Return ``{experiment name: validated experiment}`` from a Snakemake top-level config.
 
@@ -207,7 +243,8 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
     Files are resolved with :func:`resolve_extends` (``extends`` paths relative to ``base``), then validated.
 
     Raises:
-        ConfigError: a listed file is missing or invalid, or two experiments share a name.
+        ConfigError: a listed file is missing or invalid, two experiments share a name, or a nested name
+            clashes with its outer experiment's folders (:func:`check_nested_experiments`).
     """
     if "experiment" in config:
         # One experiment given with --configfile: Snakemake merges it over the default config/config.yaml,
@@ -223,6 +260,7 @@ def load_experiments(config: dict[str, Any], base: str | Path = ".") -> dict[str
             if exp["experiment"] in out:
                 raise ConfigError(f"{entry}: experiment name {exp['experiment']!r} is used twice")
             out[exp["experiment"]] = exp
+        check_nested_experiments(out)
         return out
     raise ConfigError("config: neither an `experiments` list nor an inline experiment (`experiment: <name>`)")
 

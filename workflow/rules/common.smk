@@ -4,7 +4,7 @@ import os
 import re
 import shlex
 
-from regbench.config import load_experiments, method_components, methods_for
+from regbench.config import load_experiments, method_components, methods_for, report_rule
 from regbench.report.budget import input_files as budget_input_files
 
 EXPERIMENTS = load_experiments(config)
@@ -75,7 +75,7 @@ def report_outputs(name):
 
 
 def paper_of(name):
-    """The paper an experiment reproduces, for the report's categories: `he2022_long` -> "He et al. 2022";
+    """The paper an experiment reproduces, for the report's categories: `he2022/studies/steps_1000` -> "He et al. 2022";
     the demo experiments (synthetic data) -> "Demo (synthetic, not a paper)"."""
     m = re.match(r"([a-z]+)(\d{4})", name)
     if m:

@@ -5,7 +5,7 @@ for _name in EXPERIMENTS:
 
     rule:
         name:
-            f"report_{_name}"
+            report_rule(_name)
         input:
             **_inputs,
         output:

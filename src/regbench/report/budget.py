@@ -2,7 +2,7 @@
 
 The same method (same data, splits, test pairs, seeds and losses) is trained in several experiments that
 differ only in their step cap, e.g. He et al. 2022's proposed method and AC-RegNet at 300
-(``config/papers/he2022.yaml``), 1000 (``he2022_long.yaml``) and 4000 steps (``he2022_4k.yaml``). The
+(``config/papers/he2022.yaml``), 1000 (``he2022/studies/steps_1000.yaml``) and 4000 steps (``he2022/studies/steps_4000.yaml``). The
 experiment that renders the series lists the runs in its ``report.budget_series`` block and reads the other
 experiments' committed per-pair metrics (``results/<experiment>/metrics/<dataset>/<method>/fold<k>.tsv``);
 its own come from the report's metrics. This is evidence for how far a CPU-budget run is from convergence,
@@ -17,8 +17,8 @@ Config (``report:`` block of the experiment that renders the series)::
         metrics: [dsc, folding_count]
         runs:                           # ascending steps; one of them may be this experiment itself
           - {experiment: he2022, steps: 300, note: "auxiliary networks trained 300 steps"}
-          - {experiment: he2022_long, steps: 1000}
-          - {experiment: he2022_4k, steps: 4000}
+          - {experiment: he2022/studies/steps_1000, steps: 1000}
+          - {experiment: he2022/studies/steps_4000, steps: 4000}
 
 A second block, ``report.training_curves``, draws the training logs (``train_log.tsv``) of the experiment's own
 learned methods, so a reader can see whether a run was still improving, had converged or diverged::
