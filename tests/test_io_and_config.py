@@ -83,6 +83,23 @@ def test_demo_and_full_configs_validate():
     assert "demo" in exps and exps["demo"]["datasets"]["demo"]["labels"][2] == "GM"
 
 
+def test_train_only_datasets():
+    """A training-only dataset (Cai et al.'s RCN liver scans) must serve another dataset's models_from; the
+    evaluated datasets are the others."""
+    from regbench.config import evaluated_datasets
+
+    cfg = copy.deepcopy(DEMO)
+    cfg["datasets"]["other"] = {**copy.deepcopy(cfg["datasets"]["demo"]), "models_from": "demo"}
+    cfg["datasets"]["demo"]["train_only"] = True
+    cfg["methods"] = {k: v for k, v in cfg["methods"].items() if "datasets" not in v}
+    exp = validate_experiment(cfg, "t.yaml", REPO)
+    assert evaluated_datasets(exp) == ["other"]
+    alone = copy.deepcopy(DEMO)
+    alone["datasets"]["demo"]["train_only"] = True  # serves nobody
+    with pytest.raises(ConfigError, match=r"datasets\.demo\.train_only"):
+        validate_experiment(alone, "t.yaml", REPO)
+
+
 def test_nested_experiment_names(tmp_path):
     """An experiment name is its path under results/ (and work/, data/prep/, logs/): a study or demo nests under
     its paper (`demo/studies/short`), never under a folder the outer experiment writes itself."""

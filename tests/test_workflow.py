@@ -98,6 +98,18 @@ def test_pipeline_end_to_end(tmp_path):
     assert r2.returncode == 0 and "Nothing to be done" in r2.stdout + r2.stderr
 
 
+def test_cai2023_trains_on_its_training_only_set_and_tests_elsewhere():
+    """bfh (train_only) trains every network; LiTS and SLIVER07 are registered with them; nothing runs on bfh."""
+    r = run(["-n", "--nolock", "--forceall", "--configfile", "config/papers/cai2023.yaml", "--quiet", "rules",
+             "--printshellcmds"])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    w = "work/cai2023_full"
+    assert f"--out {w}/models/bfh/drnet_l/fold0" in out
+    assert f"--model {w}/models/bfh/drnet_l/fold0/model.pt" in out and f"{w}/reg/lits/drnet_l/fold0" in out
+    assert f"{w}/reg/bfh/" not in out and "results/cai2023_full/metrics/bfh/" not in out
+
+
 def test_zhu2021_dag_reuses_models_across_datasets_and_methods():
     """IXI is registered with the Mindboggle-101 networks (no IXI training), the affine-only row reuses the proposed
     network's weights, and the CPU experiment's image_shape knob reaches the brain reader."""

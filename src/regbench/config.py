@@ -144,6 +144,13 @@ def validate_experiment(exp: dict[str, Any], source: str, base: str | Path = "."
         ds.setdefault("train_seg", ds["seg"])
         ds.setdefault("params", {})
     methods = exp["methods"]
+    served = {ds.get("models_from") for ds in exp["datasets"].values()}
+    for name, ds in exp["datasets"].items():
+        if ds.get("train_only") and (ds.get("models_from") or name not in served):
+            raise ConfigError(f"{source}: datasets.{name}.train_only: a training-only dataset must train its own "
+                              "networks and serve another dataset's models_from (nothing else is done with it)")
+    if not evaluated_datasets(exp):
+        raise ConfigError(f"{source}: datasets: every dataset is train_only; nothing would be evaluated")
     for name, ds in exp["datasets"].items():
         src = ds.get("models_from")
         if src is None:
@@ -273,6 +280,12 @@ def method_components(method: dict[str, Any]) -> dict[str, str]:
     if method.get("autoencoder"):
         comps.setdefault("autoencoder", method["autoencoder"])
     return comps
+
+
+def evaluated_datasets(exp: dict[str, Any]) -> list[str]:
+    """The datasets whose test pairs are registered and evaluated: all but those with ``train_only: true``
+    (training sets that serve others through ``models_from``), in config order."""
+    return [d for d, dcfg in exp["datasets"].items() if not dcfg.get("train_only")]
 
 
 def methods_for(exp: dict[str, Any], dataset: str) -> list[str]:

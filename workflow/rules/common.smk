@@ -4,7 +4,7 @@ import os
 import re
 import shlex
 
-from regbench.config import load_experiments, method_components, methods_for, report_rule
+from regbench.config import evaluated_datasets, load_experiments, method_components, methods_for, report_rule
 from regbench.report.budget import input_files as budget_input_files
 
 EXPERIMENTS = load_experiments(config)
@@ -55,12 +55,13 @@ def dataset_cfg(w):
 
 
 def jobs(e):
-    """(dataset, method, fold) triples of experiment e."""
+    """(dataset, method, fold) triples of experiment e's test registrations (no `train_only` dataset: its
+    networks are trained as inputs of the datasets whose `models_from` names it)."""
     return [
         (d, m, f)
-        for d, dcfg in e["datasets"].items()
+        for d in evaluated_datasets(e)
         for m in methods_for(e, d)
-        for f in dcfg["folds"]
+        for f in e["datasets"][d]["folds"]
     ]
 
 
@@ -102,7 +103,7 @@ def report_items(name):
 
 def aux_jobs(e):
     """(dataset, auxiliary id, fold) triples of experiment e: every auxiliary network on every dataset."""
-    return [(d, a, f) for d, dcfg in e["datasets"].items() for a in e.get("auxiliary", {}) for f in dcfg["folds"]]
+    return [(d, a, f) for d in evaluated_datasets(e) for a in e.get("auxiliary", {}) for f in e["datasets"][d]["folds"]]
 
 
 def aux_model(w, aux_id):

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..config import evaluated_datasets
 from ..errors import ConfigError, DataError
 from ..utils import get_logger
 from . import tables
@@ -137,9 +138,9 @@ def input_files(exp: Mapping[str, Any], results_root: str | Path = "results") ->
         for run in item["runs"]:
             if run["experiment"] == own:
                 continue
-            for d, dcfg in exp["datasets"].items():
+            for d in evaluated_datasets(exp):
                 for m in item["methods"]:
-                    for f in dcfg["folds"]:
+                    for f in exp["datasets"][d]["folds"]:
                         out.add(f"{results_root}/{run['experiment']}/metrics/{d}/{m}/fold{f}.tsv")
     return sorted(out)
 
@@ -171,7 +172,7 @@ def load_runs(item: Mapping[str, Any], exp: Mapping[str, Any], pairs: pd.DataFra
             df = pairs
         else:
             paths = [results_root / name / "metrics" / d / m / f"fold{f}.tsv"
-                     for d, dcfg in exp["datasets"].items() for m in methods for f in dcfg["folds"]]
+                     for d in evaluated_datasets(exp) for m in methods for f in exp["datasets"][d]["folds"]]
             missing = [str(p) for p in paths if not p.is_file()]
             if missing:
                 raise DataError(f"budget series {item['name']!r}: metrics of run {name!r} are missing: "

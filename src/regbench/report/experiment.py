@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import provenance
+from ..config import evaluated_datasets
 from ..utils import get_logger
 from . import budget, extras, figures, tables
 
@@ -103,11 +104,11 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     if main_pairs["dataset"].nunique() > 1:  # one box per (dataset, method): never pool datasets in a figure
         box = main_pairs.assign(method=main_pairs["dataset"] + ":" + main_pairs["method"],
                                 method_name=main_pairs["method_name"] + " (" + main_pairs["dataset"] + ")")
-        box_order = [f"{d}:{m}" for d in exp["datasets"] for m in (order or list(exp["methods"]))]
+        box_order = [f"{d}:{m}" for d in evaluated_datasets(exp) for m in (order or list(exp["methods"]))]
     written += figures.boxplots(box, rep["metrics"], out_dir / "fig_boxplots", method_order=box_order,
                                 title=title).values()
 
-    dataset = next(iter(exp["datasets"]))
+    dataset = evaluated_datasets(exp)[0]
     fold = exp["datasets"][dataset]["folds"][0]
     ordered = order or list(exp["methods"])
     reg_dirs = {exp["methods"][m]["name"]: reg_root / dataset / m / f"fold{fold}" for m in ordered

@@ -127,6 +127,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..config import evaluated_datasets
 from ..errors import ConfigError, DataError
 from ..utils import get_logger
 from . import budget, tables
@@ -903,7 +904,7 @@ def difference_figure(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root:
     from . import figures
 
     ds_cfg = exp["datasets"]
-    dataset = str(spec.get("dataset") or next(iter(ds_cfg)))
+    dataset = str(spec.get("dataset") or evaluated_datasets(exp)[0])
     dcfg = ds_cfg[dataset]
     fold = spec.get("fold", dcfg["folds"][0])
     ids = [str(m) for m in spec["methods"]]
