@@ -212,7 +212,7 @@ def test_documented_method_blocks_pass_the_config_schema():
 
 def test_schema_lists_exactly_the_registered_models_and_critics():
     text = (REPO / "workflow/schemas/experiment.schema.yaml").read_text()
-    models, critics = (set(re.split(r",\s*", e)) for e in re.findall(r"model: \{enum: \[(.*?)\]\}", text))
+    models, critics = (set(re.split(r",\s*", e)) for e in re.findall(r"model: \{enum: \[(.*?)\]\}", text, re.S))
     assert models == set(MODELS) and critics == set(CRITICS)
     assert {"symnet", "faim", "multifc"} <= models and "multifc_critic" in critics
 

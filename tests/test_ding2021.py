@@ -90,6 +90,19 @@ def test_sigma_zero_is_plain_ngi_cosine():
     assert got == pytest.approx(-float(cos.abs().mean()), rel=1e-12)
 
 
+@pytest.mark.parametrize("sigmas", [[1.0, 1.5, 3.0], [0.0]])
+def test_segi_not_minimised_by_warping_the_image_out_of_the_field_of_view(sigmas):
+    """A field that pushes the moving image out of the volume (border padding: a constant, gradient-free
+    image) scores 0, worse than the identity: the demo's collapse to DSC 0 was not the loss's minimum (it is a
+    plateau without gradient, reached by the divergence; docs/ding2021.md)."""
+    fixed = smooth_image((32, 32), seed=21)
+    moving = remap(smooth_image((32, 32), seed=21))
+    loss = SpatiallyEncodedGradient(sigmas=sigmas, eps=0.05)
+    ident = float(loss(fixed, moving))
+    away = float(loss(fixed, spatial.warp(moving, torch.full((1, 2, 32, 32), 100.0, dtype=moving.dtype))))
+    assert away == pytest.approx(0.0, abs=1e-6) and ident < -0.3
+
+
 def test_segi_is_the_mean_over_scales():
     fixed, warped = smooth_image((24, 24), seed=6), smooth_image((24, 24), seed=7)
     per = [float(SpatiallyEncodedGradient(sigmas=[s])(fixed, warped)) for s in (1.0, 1.5, 3.0)]
@@ -169,6 +182,52 @@ def test_mmregnet_u_and_v_come_from_separate_heads_of_one_pass():
     torch.nn.init.zeros_(net.heads_u["4"].bias)
     out2 = net(m, f)
     assert not torch.allclose(out2["ddf"], u) and torch.allclose(out2["ddf_inv"], v)
+
+
+@pytest.mark.parametrize("ndim,shape", [(2, (32, 48)), (3, (16, 16, 32))])
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 4])
+def test_mmregnet_summands_are_full_resolution_voxels_at_every_level(ndim, shape, level):
+    """Each head predicts a displacement in full-resolution voxels, upsampled like an image (the authors'
+    ``ddf_summand``/``resize_volume``): a constant summand of 1 at any level is a 1-voxel shift of ``U``.
+    Before the fix the coarse summands were rescaled with the grid (x 2^level, up to x16), which diverged the
+    first demo run at lr 1e-3 (docs/ding2021.md)."""
+    net = MMRegNet(ndim=ndim, channels=4)
+    with torch.no_grad():
+        for head in list(net.heads_u.values()) + list(net.heads_v.values()):
+            head.weight.zero_()
+            head.bias.zero_()
+        net.heads_u[str(level)].bias[0] = 1.0
+    out = net(torch.rand(1, 1, *shape), torch.rand(1, 1, *shape))
+    expected = torch.zeros(1, ndim, *shape)
+    expected[:, 0] = 1.0
+    assert torch.allclose(out["ddf"], expected, atol=1e-6)
+    assert float(out["ddf_inv"].abs().max()) == 0.0
+
+
+def test_mmregnet_first_adam_step_at_lr_1e3_moves_the_field_by_a_fraction_of_a_voxel():
+    """Regression for the diverged demo run: one Adam step (lr 1e-3, Eq. 10 loss) from the initial network
+    changes ``U`` by well under a voxel (0.08 voxels here; 0.44 with the grid-rescaled summands, 3.9 voxels at
+    c = 16 on the 48^3 demo grid, the start of the divergence)."""
+    torch.manual_seed(0)
+    net = MMRegNet(ndim=2, channels=4)
+    fixed = smooth_image((64, 64), seed=1).float()
+    moving = remap(smooth_image((64, 64), seed=2)).float()
+    terms = build_terms([
+        {"name": "segi", "weight": 1.0, "sigmas": [1, 1.5, 3], "eps": 0.05},
+        {"name": "cycle", "weight": 0.1},
+        {"name": "diffusion", "label": "smooth_u", "weight": 1.0},
+        {"name": "diffusion", "label": "smooth_v", "weight": 1.0, "inputs": {"field": "ddf_inv"}},
+    ])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    out = net(moving, fixed)
+    ctx = TermContext({"fixed": fixed, "moving": moving}, out)
+    loss = sum(t.weight * t(ctx) for t in terms)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        u = net(moving, fixed)["ddf"]
+    assert float(u.abs().max()) < 0.2
 
 
 def test_mmregnet_gradients_reach_every_parameter():

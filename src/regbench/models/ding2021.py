@@ -14,12 +14,14 @@ copied:
 * decoder: four levels, each a stride-2 transposed convolution, addition of the skip, and a residual block;
 * the fields: at each of the five decoder resolutions a 3^3 convolution predicts a displacement "summand",
   linearly upsampled to full size; ``U`` is the sum of its five summands, ``V`` the sum of five others from
-  separate heads on the same features (the code's ``ddf_summand`` x 2).
+  separate heads on the same features (the code's ``ddf_summand`` x 2). Every summand is a displacement in
+  full-resolution voxels: it is interpolated to full size like an image, values unchanged (the code's
+  ``resize_volume``), not rescaled with the grid. Rescaling (x 2^k at level k, up to x16) amplified the coarse
+  heads' effective step and made training diverge at Adam lr 1e-3 (fields of 1e2-1e5 voxels; docs/ding2021.md).
 
 Open choices (ours): LeakyReLU(0.2) instead of the code's batch norm + ReLU (batch size 1; the paper is
 silent), the heads initialised near zero (N(0, 1e-5), as VoxelMorph's flow head) so training starts at
-identity, summands upsampled by ``spatial.resize_field`` (values rescaled with the grid: displacements stay in
-full-resolution voxels), and ``c = 16`` by default (the code's ``num_channel_initial`` is a command-line
+identity, and ``c = 16`` by default (the code's ``num_channel_initial`` is a command-line
 option whose value the paper does not give).
 """
 
@@ -128,7 +130,18 @@ class MMRegNet(nn.Module):
 
     @staticmethod
     def _full(summand: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        return summand if tuple(summand.shape[2:]) == size else spatial.resize_field(summand, size)
+        """A level's summand on the full grid, its values unchanged (already full-resolution voxels).
+
+        The authors' code (``ddf_summand``: the head's output resized by ``resize_volume``, an image resize)
+        interpolates each coarse summand like an image and adds it as is: every head predicts a displacement in
+        full-resolution voxels (``U = sum_k up(h_k)``, the fields of Eq. 2-3). Rescaling the values with the grid
+        (:func:`regbench.spatial.resize_field`, x2 ... x16 for levels 1-4) made the coarse heads 2-16 times more
+        sensitive and diverged training at lr 1e-3 (docs/ding2021.md, "Divergence of the first demo run").
+        """
+        if tuple(summand.shape[2:]) == size:
+            return summand
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[summand.dim() - 2]
+        return F.interpolate(summand, size=size, mode=mode, align_corners=False)
 
 
 def inverse_residual(u: torch.Tensor, v: torch.Tensor) -> dict[str, float]:
