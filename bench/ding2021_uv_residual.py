@@ -2,10 +2,10 @@
 each other"): for every test pair, the composition residuals |U o V| and |V o U| in voxels
 (:func:`regbench.models.ding2021.inverse_residual`), beside the mean |U| for scale.
 
-    python bench/ding2021_uv_residual.py --prep data/prep/ding2021_demo/demo \
-        --model mmregnet=work/ding2021_demo/models/demo/mmregnet/fold0/model.pt \
-        --model mmregnet_ngi=work/ding2021_demo/models/demo/mmregnet_ngi/fold0/model.pt \
-        --fixed t1 --moving t2 --out results/ding2021_demo/uv_inverse_residual.md
+    python bench/ding2021_uv_residual.py --prep data/prep/ding2021/demo/demo \
+        --model mmregnet=work/ding2021/demo/models/demo/mmregnet/fold0/model.pt \
+        --model mmregnet_ngi=work/ding2021/demo/models/demo/mmregnet_ngi/fold0/model.pt \
+        --fixed t1 --moving t2 --out results/ding2021/demo/uv_inverse_residual.md
 
 Writes a Markdown table (mean ± std over test pairs of each statistic), atomically.
 """
