@@ -49,8 +49,13 @@ def test_front_page_lists_protocols_gaps_and_missing_items(tmp_path):
     assert rows["fig2"][1:] == ["p1/demo/fig2.png", "demo (max_train_steps=10)", "—"]
     assert rows["table9"][1:] == ["—", "not yet run", "—"]
     assert rows["table3"][1:] == ["p2/table3.md", "paper's", "dsc -4.000 pp"]
-    assert "`config/p1.yaml` · 2 of 3 items rendered" in text
+    assert "`config/p1.yaml` · 2 of 3 items rendered\n" in text
     assert "`config/p2.yaml` (not written yet)" in text
+    (res / "p2" / "studies").mkdir()
+    (res / "p2" / "studies" / "README.md").write_text("# studies")  # linked from its paper's line
+    text = write_results_index(tmp_path / "cat.yaml", res, config_root=tmp_path).read_text()
+    assert "1 of 1 items rendered · studies: [p2/studies/](p2/studies/README.md)" in text
+    assert "p1/studies" not in text
 
 
 def test_headline_gap_without_paper_values_is_empty(tmp_path):

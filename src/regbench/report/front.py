@@ -164,8 +164,10 @@ def write_results_index(catalogue_path: str | Path, results: str | Path = "resul
         done = int((sub["Path"] != "—").sum())
         cfg = entry.get("config")
         cfg_text = f"`{cfg}`" + ("" if cfg is None or (config_root / cfg).is_file() else " (not written yet)")
+        studies = results / pid / "studies" / "README.md"  # the studies behind the paper's tables, if any
+        study_text = f" · studies: [{pid}/studies/]({pid}/studies/README.md)" if studies.is_file() else ""
         lines += [f"## {entry.get('title', pid)}", "",
-                  f"Full protocol: {cfg_text} · {done} of {len(sub)} items rendered", "",
+                  f"Full protocol: {cfg_text} · {done} of {len(sub)} items rendered{study_text}", "",
                   sub.to_markdown(index=False), ""]
     out = results / "README.md"
     with atomic_path(out) as tmp:
