@@ -608,16 +608,7 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = gaussian_kernel1d(sigma, x.dtype, x.device)
     if k is None:
         return x
-    nd = x.dim() - 2
-    conv = {2: F.conv2d, 3: F.conv3d}[nd]
-    b, c = x.shape[:2]
-    y = x.reshape(b * c, 1, *x.shape[2:])
-    n = k.numel()
-    for axis in range(nd):
-        shape = [1, 1] + [n if a == axis else 1 for a in range(nd)]
-        pad = [n // 2 if a == axis else 0 for a in range(nd)]
-        y = conv(y, k.view(shape), padding=tuple(pad))
-    return y.reshape(x.shape)
+    return L._separable_conv(x, k)
 
 
 def _pad_moving(t: torch.Tensor, grid: tuple[int, ...], pads: Any, label: str) -> torch.Tensor:
