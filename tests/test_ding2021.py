@@ -297,3 +297,44 @@ def test_eq10_terms_from_config_on_mmregnet_outputs():
     assert values["cycle"] < 1e-3 and values["smooth_u"] < 1e-6 and values["smooth_v"] < 1e-6
     with pytest.raises(Exception, match="segi"):
         build_terms([{"name": "segi", "order": "sideways"}])
+
+
+def test_register_and_evaluate_report_the_uv_residual_beside_a_bidirectional_row(tiny_prepared, tmp_path):
+    """register.py records the U/V composition residual of every test pair for a network with a backward field
+    (the value inverse_residual gives on that pair's own forward pass) and evaluate.py carries it into the metrics;
+    a one-field network (VoxelMorph) gets no such column."""
+    import pandas as pd
+
+    from regbench.data import PreparedDataset
+    from regbench.evaluate import evaluate_method
+    from regbench.register import register_pairs
+    from regbench.train import load_trained, train
+
+    method = {"name": "MMRegNet", "kind": "learned", "model": "mmregnet", "model_params": {"channels": 4},
+              "train": {"steps": 3, "batch_size": 1, "lr": 1e-3, "checkpoint_every": 10,
+                        "losses": [{"name": "segi", "sigmas": [1.0], "eps": 0.05},
+                                   {"name": "cycle", "weight": 0.1, "penalty": "l1"},
+                                   {"name": "diffusion", "weight": 1.0}]}}
+    path = train(tiny_prepared, tmp_path / "mm", method, 0, 0, "img", [1, 2], device="cpu")
+    table = pd.read_csv(register_pairs(tiny_prepared, tmp_path / "reg_mm", method, 0, 0, "img", device="cpu",
+                                       model_path=path), sep="\t")
+    assert "uv_residual_vox" in table.columns and (table["uv_residual_vox"] > 0).all()
+    ds, model = PreparedDataset.open(tiny_prepared), load_trained(path, torch.device("cpu"))
+    r = table.iloc[0]
+    f = torch.from_numpy(ds.load(r["fixed"], "img").array)[None, None]
+    m = torch.from_numpy(ds.load(r["moving"], "img").array)[None, None]
+    with torch.no_grad():
+        out = model(m, f)
+    assert r["uv_residual_vox"] == pytest.approx(inverse_residual(out["ddf"], out["ddf_inv"])["mean_vox"], rel=1e-4)
+    metrics = pd.read_csv(evaluate_method(tiny_prepared, tmp_path / "reg_mm", tmp_path / "m.tsv", "tiny", "mmregnet",
+                                          "MMRegNet", 0, {1: "disc", 2: "ring"}, "img"), sep="\t")
+    per_pair = metrics.groupby("pair_id")["uv_residual_vox"].first()
+    assert per_pair.to_dict() == pytest.approx(table.set_index("pair_id")["uv_residual_vox"].to_dict(), rel=1e-5)
+
+    vm = {"name": "VM", "kind": "learned", "model": "voxelmorph", "model_params": {"variant": "vm2", "int_steps": 0},
+          "train": {"steps": 1, "batch_size": 1, "lr": 1e-3, "checkpoint_every": 10,
+                    "losses": [{"name": "mse"}, {"name": "diffusion"}]}}
+    vm_path = train(tiny_prepared, tmp_path / "vm", vm, 0, 0, "img", [1, 2], device="cpu")
+    vm_table = pd.read_csv(register_pairs(tiny_prepared, tmp_path / "reg_vm", vm, 0, 0, "img", device="cpu",
+                                          model_path=vm_path), sep="\t")
+    assert "uv_residual_vox" not in vm_table.columns

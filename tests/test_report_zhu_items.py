@@ -418,3 +418,44 @@ def test_render_experiment_writes_the_new_items(tmp_path, labels_df):
     header, body = _md_rows((out / "table1_affine.md").read_text())
     m, s = _expected(labels_df, "mb", "ants_affine", "cingulate", "dsc", 100.0)
     assert _cell(header, body, "ANTs affine", "cingulate (ours)", "DSC (%) ↑") == f"{m:.1f} ± {s:.1f}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Named qualitative panels (kind: qualitative; Ding et al. 2021, Fig. 2)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_qualitative_figure_named_panel_and_kept_when_work_absent(tmp_path, pairs, monkeypatch):
+    from regbench.report import figures
+
+    methods = ["syn", "zhu"]
+    imgs, warped = _write_reg(tmp_path, methods)
+    seen = {}
+    original = figures.qualitative_panel
+
+    def spy(fixed, moving, fixed_seg, moving_seg, results, out_stem, **kw):
+        seen.update(fixed=fixed, moving=moving, results=results, out_stem=out_stem, title=kw.get("title"))
+        return original(fixed, moving, fixed_seg, moving_seg, results, out_stem, **kw)
+
+    monkeypatch.setattr(figures, "qualitative_panel", spy)
+    spec = {"name": "fig2_qualitative", "title": "Fig. 2", "kind": "qualitative", "dataset": "mb",
+            "methods": methods, "pair": "p0", "fold": 0}
+    exp = _exp(figs=[spec])
+    out = tmp_path / "results"
+    paths = extras.render_extras(exp, pairs, None, out, None, _notes(exp), reg_root=tmp_path / "reg",
+                                 prep_root=tmp_path / "prep")
+    assert sorted(p.name for p in paths) == ["fig2_qualitative.pdf", "fig2_qualitative.png"]
+    assert list(seen["results"]) == ["SyN", "Ours"]  # display names, config order
+    np.testing.assert_allclose(seen["fixed"], imgs["c0"], atol=1e-6)
+    np.testing.assert_allclose(seen["moving"], imgs["c1"], atol=1e-6)
+    np.testing.assert_allclose(seen["results"]["Ours"]["warped"], warped["zhu"], atol=1e-6)
+    assert seen["title"].startswith("Fig. 2 (mb, fold 0)")
+    committed = (out / "fig2_qualitative.png").read_bytes()
+    assert extras.render_extras(exp, pairs, None, out, None, [], reg_root=tmp_path / "absent",
+                                prep_root=tmp_path / "prep") == []
+    assert (out / "fig2_qualitative.png").read_bytes() == committed
+    assert extras.extra_outputs(exp) == ["fig2_qualitative.png", "fig2_qualitative.pdf"]
+    with pytest.raises(ConfigError, match="pairs"):  # a qualitative panel shows one pair: 'pair', not 'pairs'
+        extras.check_extras(_exp(figs=[{**spec, "pairs": ["p0"]}]))
+    with pytest.raises(ConfigError, match="fold"):
+        extras.check_extras(_exp(figs=[{**spec, "fold": 3}]))

@@ -126,3 +126,22 @@ def test_zhu2021_dag_reuses_models_across_datasets_and_methods():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert '"shape": [64, 64, 64]' in out
+
+
+def test_ding2021_chaos_tasks_share_one_download():
+    """CHAOS T1 -> CT and T2 -> CT are two prepared datasets (`raw: chaos`) from one fetched archive: one fetch job
+    for it, two preprocess jobs reading data/raw/chaos, each with its own moving sequence; MMRegNet's CHAOS weights
+    (lambda2 = 1) train on both CHAOS tasks and the MM-WHS row (lambda2 = 10) only on MM-WHS."""
+    r = run(["-n", "--nolock", "--forceall", "--configfile", "config/papers/ding2021.yaml", "--quiet", "rules",
+             "--printshellcmds"])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert out.count("regbench fetch chaos ") == 1 and out.count("regbench fetch mmwhs2017 ") == 1
+    assert "--raw data/raw/chaos --out data/prep/ding2021/chaos_t1" in out
+    assert "--raw data/raw/chaos --out data/prep/ding2021/chaos_t2" in out
+    assert '"moving": "t1dual_inphase"' in out and '"moving": "t2spir"' in out
+    for d in ("chaos_t1", "chaos_t2"):
+        assert f"--out work/ding2021/models/{d}/mmregnet_chaos/fold3" in out
+        assert f"work/ding2021/models/{d}/mmregnet/" not in out
+    assert "--out work/ding2021/models/mmwhs/mmregnet/fold0" in out
+    assert "work/ding2021/models/mmwhs/mmregnet_chaos/" not in out

@@ -11,8 +11,9 @@ coordinates on the prepared grid, SLIVER07 in RCN's files; :func:`regbench.datas
 pair gets ``tre_landmark_<unit>`` / ``tre_landmark_std_<unit>``: mean / std over the landmarks of
 :func:`regbench.metrics.landmark_tre` (fixed landmarks mapped through the DDF onto the moving grid, compared with
 the moving landmarks, scaled by the moving image's voxel size); ``NaN`` for a pair where either case has none.
-A ``ssim_clean`` column of the registration table (methods with
-attention, He et al. 2022 Fig. 8) is carried over per pair. ``folding_count_native`` is the ``det J <= 0``
+The pair-level columns of the registration table in :data:`PASSED_THROUGH` are carried over per pair:
+``ssim_clean`` (methods with attention, He et al. 2022 Fig. 8) and ``uv_residual_vox`` (networks with a
+backward field, Ding et al. 2021). ``folding_count_native`` is the ``det J <= 0``
 count on the grid the method predicted its field on: the registration table's value for a network run at a
 smaller ``inference_size`` (e.g. 64 px for a 256 px test, He et al. 2022), else ``folding_count`` itself.
 """
@@ -32,6 +33,10 @@ from .io import load_ddf, load_image
 from .utils import atomic_path, get_logger
 
 log = get_logger(__name__)
+
+#: Pair-level columns of the registration table (:mod:`regbench.register`) copied into every metrics row of
+#: the pair when present.
+PASSED_THROUGH = ("ssim_clean", "uv_residual_vox")
 
 
 def _native_folding(reg_row: pd.Series, folding_count: float) -> float:
@@ -134,7 +139,7 @@ def evaluate_method(
                 "pair_id": r["pair_id"], "fixed": r["fixed"], "moving": r["moving"],
                 "label_name": labels.get(int(row["label"]), labels.get(str(int(row["label"])), "")),
                 **row, "runtime_s": float(r["runtime_s"]), "device": r["device"],
-                **({"ssim_clean": float(r["ssim_clean"])} if "ssim_clean" in reg.columns else {}),
+                **{c: float(r[c]) for c in PASSED_THROUGH if c in reg.columns},
                 "folding_count_native": _native_folding(r, row["folding_count"]),
             })
     df = pd.DataFrame(rows)

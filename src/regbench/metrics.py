@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from regbench.spatial import jacobian_determinant
+from regbench.spatial import compose, jacobian_determinant
 
 __all__ = [
+    "inverse_residual",
     "dice",
     "dice_per_label",
     "surface_distances",
@@ -496,6 +497,29 @@ def cc_similarity(a, b, mask=None) -> float:
     if not denom > 0:
         return NAN
     return float(np.clip((x * y).sum() / denom, -1.0, 1.0))
+
+
+def inverse_residual(u: torch.Tensor, v: torch.Tensor) -> dict[str, float]:
+    """How far a forward field ``U`` and a backward field ``V`` are from inverses (Ding et al. 2021, Sec. 2:
+    "U and V should be inverse of each other"): the composition residuals, in voxels.
+
+    ``compose(u, v)`` (warp by ``U`` then by ``V``: ``v(x) + u(x + v(x))``) and ``compose(v, u)`` are zero
+    fields for exact inverses. Returns ``{"mean_vox": ..., "p95_vox": ..., "max_vox": ...}``: the mean, 95th
+    percentile and maximum of the per-voxel Euclidean norm over both compositions, plus ``"mean_disp_vox"``, the
+    mean norm of ``U`` itself (for scale: the residual of ``V = 0`` equals it).
+
+    Args:
+        u, v: ``(B, ndim, *spatial)`` fields in voxels on the same grid.
+
+    Raises:
+        ValueError: fields of different shapes.
+    """
+    if u.shape != v.shape:
+        raise ValueError(f"fields {tuple(u.shape)} and {tuple(v.shape)} must share a shape")
+    with torch.no_grad():
+        r = torch.cat([compose(u, v).norm(dim=1).flatten(), compose(v, u).norm(dim=1).flatten()])
+        return {"mean_vox": float(r.mean()), "p95_vox": float(torch.quantile(r.double(), 0.95)),
+                "max_vox": float(r.max()), "mean_disp_vox": float(u.norm(dim=1).mean())}
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -8,7 +8,9 @@ Output folder layout (read by :mod:`regbench.evaluate` and the report):
 * ``pairs.tsv``: ``pair_id, fixed, moving, ddf, warped, warped_seg, runtime_s, device`` (paths relative to
   the folder), plus ``ssim_clean`` for a method with ``attention`` and ``folding_count_native`` (number of
   pixels/voxels with ``det J <= 0`` of the field on the network's own grid, before it is resized to the test
-  grid) for a learned method with an ``inference_size`` other than the test grid. ``runtime_s`` is the wall time of the
+  grid) for a learned method with an ``inference_size`` other than the test grid, and ``uv_residual_vox`` for a
+  network that also predicts a backward field ``ddf_inv`` (the mean composition residual of the two fields in
+  voxels of the predicted grid, :func:`regbench.metrics.inverse_residual`; Ding et al. 2021, Sec. 2). ``runtime_s`` is the wall time of the
   registration itself per pair: one forward pass for a learned model (after a warm-up pass, CUDA
   synchronised; with ``attention`` the two segmenter passes are included), the ``ants.registration`` call
   for ANTs.
@@ -36,7 +38,7 @@ from .data import PreparedDataset, subsample_pairs
 from .errors import ConfigError, RegbenchError
 from .io import check_same_grid, save_ddf, save_image
 from .losses import SSIMLoss
-from .metrics import jacobian_stats
+from .metrics import inverse_residual, jacobian_stats
 from .train import load_trained, pair_columns
 from .utils import atomic_path, get_logger, select_device
 
@@ -46,7 +48,8 @@ _SSIM = SSIMLoss()  # He et al. 2022 Eq. 9-10 (Gaussian 11-tap window), used for
 
 
 def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
-                   inference_size=None, attention: torch.nn.Module | None = None, return_native: bool = False):
+                   inference_size=None, attention: torch.nn.Module | None = None, return_native: bool = False,
+                   outputs: dict | None = None):
     """One timed forward pass; returns ``(ddf on the input grid, seconds, (moving, fixed))``, the last being
     the images the network registered. With ``return_native`` a fourth item is added: the field on the grid
     the network predicted it on, ``(1, ndim, *inference_size)`` in voxels of that grid (the same tensor as
@@ -58,6 +61,9 @@ def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Ten
     With ``inference_size`` the images are resized to that grid, the model predicts there, and the field is
     resized back with its displacements rescaled (:func:`regbench.spatial.resize_field`); the resizing is
     part of the timed registration. Without it the (fully convolutional) model runs at the input size.
+
+    ``outputs``, when given, is filled with the model's whole output dict (e.g. ``ddf_inv`` of a bidirectional
+    network), as predicted (on ``inference_size`` when that is used).
     """
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -68,10 +74,14 @@ def timed_forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Ten
             fixed = fixed * attention_mask(attention, fixed)
         if inference_size is not None and tuple(inference_size) != tuple(fixed.shape[2:]):
             small = [spatial.resize_image(x, inference_size) for x in (moving, fixed)]
-            native = model(*small)["ddf"]
+            out = model(*small)
+            native = out["ddf"]
             ddf = spatial.resize_field(native, fixed.shape[2:])
         else:
-            ddf = native = model(moving, fixed)["ddf"]
+            out = model(moving, fixed)
+            ddf = native = out["ddf"]
+        if outputs is not None:
+            outputs.update(out)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -152,9 +162,12 @@ def register_pairs(
             if not warmed:  # first call pays for kernel selection / allocation; not a per-pair cost
                 timed_forward(model, m, f, dev, inference_size, attention)
                 warmed = True
+            outputs: dict = {}
             ddf_t, runtime, (m_in, f_in), native = timed_forward(model, m, f, dev, inference_size, attention,
-                                                                 return_native=True)
+                                                                 return_native=True, outputs=outputs)
             ddf = ddf_t[0].float().cpu().numpy()
+            if "ddf_inv" in outputs:  # a forward/backward pair (Ding et al. 2021, Sec. 2): how near inverses
+                extra["uv_residual_vox"] = inverse_residual(outputs["ddf"], outputs["ddf_inv"])["mean_vox"]
             if native.shape[2:] != ddf_t.shape[2:]:  # JAC on the grid the network predicted on
                 extra["folding_count_native"] = jacobian_stats(native[0].float().cpu())["folding_count"]
             if attention is not None:  # m_in, f_in are the attention-cleaned images

@@ -159,12 +159,19 @@ def spec_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-def local_path_arg(dataset):
-    """`--local-path P` when an experiment sets datasets.<dataset>.local_path, else nothing."""
+def raw_of(e, d):
+    """The registry id whose download dataset d is prepared from: `datasets.<d>.raw`, else d itself (several
+    prepared datasets may share one download, e.g. CHAOS T1 -> CT and T2 -> CT, Ding et al. 2021)."""
+    return e["datasets"][d].get("raw") or d
+
+
+def local_path_arg(raw):
+    """`--local-path P` when an experiment sets `local_path` on a dataset prepared from download `raw`, else
+    nothing."""
     for e in EXPERIMENTS.values():
-        p = e["datasets"].get(dataset, {}).get("local_path")
-        if p:
-            return f"--local-path {shlex.quote(p)}"
+        for d, dcfg in e["datasets"].items():
+            if raw_of(e, d) == raw and dcfg.get("local_path"):
+                return f"--local-path {shlex.quote(dcfg['local_path'])}"
     return ""
 
 

@@ -1,7 +1,7 @@
 # preprocess: canonical NIfTI per case, cases.tsv and the pairs/folds table every later stage reads.
 rule preprocess:
     input:
-        "data/raw/{dataset}/FETCHED.json",
+        lambda w: f"data/raw/{raw_of(exp(w), w.dataset)}/FETCHED.json",
     output:
         cases="data/prep/{experiment}/{dataset}/cases.tsv",
         pairs="data/prep/{experiment}/{dataset}/pairs.tsv",
@@ -10,7 +10,7 @@ rule preprocess:
             "dataset": w.dataset, "preprocess": dataset_cfg(w)["preprocess"],
             "params": prep_params(w), "seed": exp(w)["seed"],
         }),
-        raw=lambda w: f"data/raw/{w.dataset}",
+        raw=lambda w: f"data/raw/{raw_of(exp(w), w.dataset)}",
         out=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
     log:
         "logs/{experiment}/preprocess/{dataset}.log",

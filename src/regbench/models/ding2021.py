@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import spatial
+from ..metrics import inverse_residual  # noqa: F401  (re-exported: the U/V near-inverse check, Sec. 2)
 from .blocks import conv_nd
 
 
@@ -142,25 +143,3 @@ class MMRegNet(nn.Module):
             return summand
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[summand.dim() - 2]
         return F.interpolate(summand, size=size, mode=mode, align_corners=False)
-
-
-def inverse_residual(u: torch.Tensor, v: torch.Tensor) -> dict[str, float]:
-    """How far ``U`` and ``V`` are from inverses: the composition residuals, in voxels.
-
-    ``compose(u, v)`` (warp by ``U`` then by ``V``: ``v(x) + u(x + v(x))``) and ``compose(v, u)`` are zero
-    fields for exact inverses. Returns ``{"mean_vox": ..., "p95_vox": ..., "max_vox": ...}``: the mean, 95th
-    percentile and maximum of the per-voxel Euclidean norm over both compositions, plus ``"mean_disp_vox"``, the
-    mean norm of ``U`` itself (for scale: the residual of ``V = 0`` equals it).
-
-    Args:
-        u, v: ``(B, ndim, *spatial)`` fields in voxels on the same grid.
-
-    Raises:
-        ValueError: fields of different shapes.
-    """
-    if u.shape != v.shape:
-        raise ValueError(f"fields {tuple(u.shape)} and {tuple(v.shape)} must share a shape")
-    with torch.no_grad():
-        r = torch.cat([spatial.compose(u, v).norm(dim=1).flatten(), spatial.compose(v, u).norm(dim=1).flatten()])
-        return {"mean_vox": float(r.mean()), "p95_vox": float(torch.quantile(r.double(), 0.95)),
-                "max_vox": float(r.max()), "mean_disp_vox": float(u.norm(dim=1).mean())}

@@ -140,7 +140,7 @@ log = get_logger(__name__)
 
 #: File stems written by :func:`regbench.report.experiment.render_experiment` itself.
 RESERVED_NAMES = frozenset({"table", "table_dsc_per_label", "fig_boxplots", "fig_qualitative", "provenance"})
-FIGURE_KINDS = ("bar", "box", "per_label", "difference")
+FIGURE_KINDS = ("bar", "box", "per_label", "difference", "qualitative")
 #: ``columns`` of a registration-method table: metrics (the default), labels, datasets.
 TABLE_COLUMNS = ("metrics", "labels", "datasets")
 
@@ -160,6 +160,7 @@ FIGURE_KEYS = {
     "per_label": _FIGURE_COMMON | {"metric", "dataset", "label_names", "mark_best", "percent", "style",
                                    "labels_per_row"},
     "difference": _FIGURE_COMMON | {"dataset", "fold", "pairs", "slice_axis", "slice_index"},
+    "qualitative": _FIGURE_COMMON | {"dataset", "fold", "pair", "slice_axis"},
 }
 
 
@@ -293,7 +294,7 @@ def check_extras(exp: Mapping[str, Any]) -> None:
             raise ConfigError(f"{where}: mark_best {mark!r} is not one of its methods {list(f['methods'])}")
         if f.get("style", "bar") not in ("bar", "box"):
             raise ConfigError(f"{where}: style {f.get('style')!r}; expected 'bar' or 'box'")
-        if kind == "difference" and ds_declared:
+        if kind in ("difference", "qualitative") and ds_declared:
             d = str(f.get("dataset") or next(iter(ds_declared)))
             folds = ds_declared[d].get("folds") if isinstance(ds_declared[d], Mapping) else None
             if "fold" in f and folds is not None and f["fold"] not in folds:
@@ -888,6 +889,42 @@ def _method_colors(n: int) -> list:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def qualitative_figure(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root: Path, prep_root: Path,
+                       out_dir: Path, where: str = "report.figures") -> list[Path]:
+    """A named qualitative panel (``kind: qualitative``; e.g. Ding et al. 2021, Fig. 2): the layout of
+    ``fig_qualitative`` (:func:`regbench.report.figures.qualitative_panel`: fixed and moving images with their
+    label contours, then per method the warped image with the fixed and warped label contours, the field and
+    its Jacobian determinant) for ``spec["methods"]`` on ``spec["pair"]`` (default ``report.qualitative_pair``,
+    else the first test pair) of ``spec["dataset"]`` (default the first evaluated one), ``spec["fold"]``
+    (default its first).
+
+    Returns:
+        The written files (``<out_dir>/<name>.png`` and ``.pdf``), or ``[]`` with a warning (the committed
+        figure is kept) when ``cases.tsv`` or every method's registration folder is absent.
+    """
+    from . import figures
+
+    dataset = str(spec.get("dataset") or evaluated_datasets(exp)[0])
+    dcfg = exp["datasets"][dataset]
+    fold = spec.get("fold", dcfg["folds"][0])
+    ids = [str(m) for m in spec["methods"]]
+    names = [str(x) for x in spec["labels"]] if spec.get("labels") else \
+        tables._display_index(ids, {m: str((exp["methods"].get(m) or {}).get("name", m)) for m in ids})
+    dirs = {n: Path(reg_root) / dataset / m / f"fold{fold}" for n, m in zip(names, ids)}
+    present = {n: d for n, d in dirs.items() if (d / "pairs.tsv").is_file()}
+    cases = Path(prep_root) / dataset / "cases.tsv"
+    if not present or not cases.is_file():
+        log.warning("%s: registration outputs under %s or %s are absent; keeping the existing figure",
+                    where, Path(reg_root) / dataset, cases)
+        return []
+    pair = spec.get("pair") or (exp.get("report") or {}).get("qualitative_pair")
+    return list(figures.qualitative_from_dirs(
+        cases, present, str(pair) if pair else None, dcfg["modality"], Path(out_dir) / spec["name"],
+        title=f"{spec.get('title', '')} ({dataset}, fold {fold})", slice_axis=spec.get("slice_axis"),
+        seg=dcfg.get("seg", "seg"), orientation=(exp.get("report") or {}).get("qualitative_orientation", "ras"),
+    ).values())
+
+
 def difference_figure(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root: Path, prep_root: Path,
                       footer: str | None = None, where: str = "report.figures") -> Figure | None:
     """Registration results and difference maps (``kind: difference``; Zhu et al. 2021, Figs. 9-10) of
@@ -1005,6 +1042,11 @@ def render_extras(
         name = str(exp.get("experiment", ""))
         for i, f in enumerate(figs):
             where = _where("figures", i, f)
+            if f["kind"] == "qualitative":
+                written += qualitative_figure(f, exp, Path(reg_root) if reg_root else Path("work") / name / "reg",
+                                              Path(prep_root) if prep_root else Path("data") / "prep" / name,
+                                              out_dir, where)
+                continue
             if f["kind"] == "difference":
                 fig = difference_figure(f, exp, Path(reg_root) if reg_root else Path("work") / name / "reg",
                                         Path(prep_root) if prep_root else Path("data") / "prep" / name, footer, where)

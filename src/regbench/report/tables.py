@@ -160,6 +160,7 @@ METRICS: dict[str, MetricInfo] = {
         _m("sdlogj", "SDlogJ", False, 3),
         _m("cc", "CC", True, 3),
         _m("ssim_clean", "SSIM (attention-cleaned)", True, 3),
+        _m("uv_residual_vox", "U∘V residual (vox)", False, 3),
         _m("runtime_s", "Runtime (s)", False, None),
     ]
 }
