@@ -59,8 +59,17 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
         from .datasets.brats import build_brats
 
         build_brats(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
+    elif kind == "mmwhs":
+        from .datasets.ding_prep import build_mmwhs
+
+        build_mmwhs(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
+    elif kind == "chaos":
+        from .datasets.ding_prep import build_chaos
+
+        build_chaos(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
     else:  # the schema admits only implemented readers; this guards direct CLI use
-        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray, brain, liver, brats)")
+        raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray, brain, liver, brats, "
+                            "mmwhs, chaos)")
 
 
 def cmd_train(a: argparse.Namespace) -> None:
