@@ -67,9 +67,13 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
         from .datasets.ding_prep import build_chaos
 
         build_chaos(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
+    elif kind == "carotid":
+        from .datasets.carotid import build_carotid
+
+        build_carotid(Path(a.raw), Path(a.out), spec.get("params", {}), int(spec["seed"]), spec["dataset"])
     else:  # the schema admits only implemented readers; this guards direct CLI use
         raise RegbenchError(f"no preprocessing reader {kind!r} (implemented: demo, chestxray, brain, liver, brats, "
-                            "mmwhs, chaos)")
+                            "mmwhs, chaos, carotid)")
 
 
 def cmd_train(a: argparse.Namespace) -> None:
