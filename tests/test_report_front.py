@@ -25,13 +25,17 @@ def _tree(tmp_path):
                   "dsc_paper_mean": [0.97, 0.95, 0.6], "dataset": ["a", "b", "a"]}).to_csv(res / "p1" / "table.csv", index=False)
     _run_dir(res / "p1" / "demo", {"max_train_steps": 10})
     (res / "p1" / "demo" / "fig2.png").write_bytes(b"png")
+    (res / "p1" / "demo" / "table4.md").write_text("| x |")  # a demo table with the paper's values beside
+    pd.DataFrame({"method": ["ours"], "dsc_mean": [0.70], "dsc_paper_mean": [0.80], "dataset": ["demo"]}).to_csv(
+        res / "p1" / "demo" / "table4.csv", index=False)
     _run_dir(res / "p2", {})
     (res / "p2" / "table3.md").write_text("| x |")
     pd.DataFrame({"method": ["ours"] * 2, "metric": ["dsc"] * 2, "label": [1, 2], "scale": [100.0] * 2,
                   "mean": [60.0, 50.0], "paper_mean": [63.0, 55.0]}).to_csv(res / "p2" / "table3.csv", index=False)
     cat = {"papers": {
         "p1": {"title": "Paper one", "config": "config/p1.yaml", "proposed": "ours",
-               "items": [{"name": "table1", "file": "p1/table"}, {"name": "fig2"}, {"name": "table9"}]},
+               "items": [{"name": "table1", "file": "p1/table"}, {"name": "fig2"}, {"name": "table9"},
+                         {"name": "table4"}]},
         "p2": {"title": "Paper two", "config": "config/p2.yaml", "proposed": "ours", "items": [{"name": "table3"}]},
     }}
     (tmp_path / "config").mkdir()
@@ -48,8 +52,10 @@ def test_front_page_lists_protocols_gaps_and_missing_items(tmp_path):
     assert rows["table1"][1:] == ["p1/table.md", "scaled: max_train_steps=300", "dsc a -0.170, b -0.050"]
     assert rows["fig2"][1:] == ["p1/demo/fig2.png", "demo (max_train_steps=10)", "—"]
     assert rows["table9"][1:] == ["—", "not yet run", "—"]
+    assert rows["table4"][1:] == ["p1/demo/table4.md", "demo (max_train_steps=10)",
+                                  "dsc demo -0.100 (demo data: not comparable)"]
     assert rows["table3"][1:] == ["p2/table3.md", "paper's", "dsc -4.000 pp"]
-    assert "`config/p1.yaml` · 2 of 3 items rendered\n" in text
+    assert "`config/p1.yaml` · 3 of 4 items rendered\n" in text
     assert "`config/p2.yaml` (not written yet)" in text
     (res / "p2" / "studies").mkdir()
     (res / "p2" / "studies" / "README.md").write_text("# studies")  # linked from its paper's line
