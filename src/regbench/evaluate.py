@@ -16,6 +16,17 @@ The pair-level columns of the registration table in :data:`PASSED_THROUGH` are c
 backward field, Ding et al. 2021). ``folding_count_native`` is the ``det J <= 0``
 count on the grid the method predicted its field on: the registration table's value for a network run at a
 smaller ``inference_size`` (e.g. 64 px for a 256 px test, He et al. 2022), else ``folding_count`` itself.
+
+Cross-size pairs (the registration table has a ``target_affine`` for the pair, :mod:`regbench.placement`): the
+field points into the frame where the moving image was placed on the fixed grid (the network's own placement, or
+the world one of a classical method), whose voxel-to-world matrix is ``target_affine``. DSC, HD95, ASSD compare the
+fixed label map with the warped moving one, both on the fixed grid, as always. TRE needs the ground truth in that
+frame: the true fixed-to-moving displacement ``g`` (voxels of the grid of the moving case's ``ddf`` file, the
+uncropped demo grid) becomes ``T^-1 A_g (x + g(x)) - x`` (:func:`regbench.placement.field_to_frame`; for a crop at
+offset ``o`` placed at ``p`` this is ``g + p - o``, so a placement equal to the crop is judged exactly as on the
+uncropped pair), and moving landmarks (voxel coordinates of the moving case's images in the fixed modality column,
+its uncropped grid) are mapped into the frame the same way (:func:`regbench.placement.map_points`). Everything is
+derived from the files' affines (world coordinates), not from assumed crop offsets.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import PreparedDataset
+from .placement import field_to_frame, map_points, parse_affine
 from .errors import DataError
 from .io import load_ddf, load_image
 from .utils import atomic_path, get_logger
@@ -47,12 +59,34 @@ def _native_folding(reg_row: pd.Series, folding_count: float) -> float:
     return float(v) if v is not None and pd.notna(v) else float(folding_count)
 
 
-def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modality: str, unit: str) -> dict:
+def _affine(path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+
+
+def _target(reg_row: pd.Series, table) -> np.ndarray | None:
+    """The pair's ``target_affine`` (cross-size pairs, :mod:`regbench.placement`), or ``None``."""
+    cell = reg_row.get("target_affine")
+    if not isinstance(cell, str) or not cell:
+        return None
+    try:
+        return parse_affine(cell)
+    except ValueError as exc:
+        raise DataError(f"{table}: pair {reg_row['pair_id']}: target_affine {cell!r} is not a 4x4 matrix ({exc})") from exc
+
+
+def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modality: str, unit: str,
+                  target: np.ndarray | None = None) -> dict:
     """``{tre_landmark_<unit>, tre_landmark_std_<unit>}`` of one pair (``NaN`` without landmarks on both sides).
 
     The DDF lives on the fixed grid and pulls back (``warped(x) = moving(x + u(x))``), so a fixed landmark ``p``
     corresponds to ``p + u(p)`` in the moving grid; :func:`regbench.metrics.landmark_tre` measures its distance
-    to the moving landmark in the moving image's voxel size (``unit: px``: voxels)."""
+    to the moving landmark in the moving image's voxel size (``unit: px``: voxels).
+
+    ``target`` (a cross-size pair's ``target_affine``): the field points into that frame instead; the moving
+    landmarks, voxel coordinates of the moving case's image in the ``modality`` column (the fixed modality: the
+    uncropped grid), are mapped into it through world coordinates, and the voxel size is the frame's."""
     from .datasets.liver import read_landmarks
 
     nan = float("nan")
@@ -66,7 +100,12 @@ def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modalit
         raise DataError(f"{ds.root / 'cases.tsv'}: pair {pair['pair_id']}: {len(fp)} fixed vs {len(mp)} moving "
                         f"landmarks; they must correspond one to one")
     spacing = None
-    if unit == "mm":
+    if target is not None:
+        ref = modality if isinstance(modality, str) else modality["fixed"]
+        mp = map_points(mp, _affine(ds.path(pair["moving"], ref)), target)
+        if unit == "mm":
+            spacing = tuple(float(np.linalg.norm(target[:3, i])) for i in range(mp.shape[1]))
+    elif unit == "mm":
         import nibabel as nib
 
         column = modality if isinstance(modality, str) else modality["moving"]
@@ -121,15 +160,18 @@ def evaluate_method(
         ddf = load_ddf(reg_dir / r["ddf"])
         spacing = fixed.spacing if unit == "mm" else tuple(1.0 for _ in fixed.spacing)
         true_ddf = None
+        target = _target(r, table)
         if has_truth:
             u_f = load_ddf(ds.path(r["fixed"], "ddf"))
             u_m = load_ddf(ds.path(r["moving"], "ddf"))
             true_ddf = true_pair_ddf(u_f, u_m)
+            if target is not None:  # cross-size: the ground truth in the frame the field points into
+                true_ddf = field_to_frame(true_ddf, _affine(ds.path(r["moving"], "ddf")), target)
         per_label = metrics.evaluate_pair(
             fixed.array, warped, fseg, wseg, ddf, spacing, label_values,
             true_ddf=true_ddf, tre_mask=fseg > 0, unit=unit,
         )
-        lm = _landmark_tre(ds, r, ddf, modality, unit) if has_landmarks else {}
+        lm = _landmark_tre(ds, r, ddf, modality, unit, target) if has_landmarks else {}
         for row in per_label:
             row.update(lm)
             # report columns: tre_<unit> (mean over the mask) and tre_std_<unit>
