@@ -227,7 +227,8 @@ def _identity_reg(out: Path, prep: Path, pair: str, moving_col: str, seg_col: st
     row = {"pair_id": pair, "fixed": f, "moving": m, "ddf": "d.nii.gz", "warped": "w.nii.gz", "warped_seg": "ws.nii.gz",
            "runtime_s": 0.0, "device": "cpu"}
     if target is not None:
-        row["target_affine"] = affine_text(target)
+        frame, p = target
+        row["target_affine"], row["moving_offset_vox"] = affine_text(frame), " ".join(str(v) for v in p)
     pd.DataFrame([row]).to_csv(out / "pairs.tsv", sep="\t", index=False)
 
 
@@ -236,13 +237,23 @@ def test_tre_of_a_crop_with_the_siamese_placement_equals_the_uncropped_identity(
     pair = "c2__c3"
     pads = pad_amounts(CROP, FULL, "symmetric")
     assert offset_from_pad(pads) == OFF                     # Siamese placement = the crop offset here
+    p = offset_from_pad(pads)
     runs = {"full": ("img", "seg", None),
-            "crop": ("img_crop", "seg_crop", target_affine(CROP_AFF, offset_from_pad(pads))),
-            "wrong": ("img_crop", "seg_crop", target_affine(CROP_AFF, (0, 0, 0)))}   # placed at the corner
+            "crop": ("img_crop", "seg_crop", (target_affine(CROP_AFF, p), p)),
+            "wrong": ("img_crop", "seg_crop", (target_affine(CROP_AFF, (0, 0, 0)), (0, 0, 0)))}   # at the corner
+    # landmarks are voxel coordinates of the case's own image: the cropped moving image's are the full ones - OFF
+    import shutil
+
+    from regbench.datasets.liver import read_landmarks, write_landmarks
+
+    cprep = tmp_path / "prep_crop"
+    shutil.copytree(xprep, cprep)
+    write_landmarks(cprep / "c3_lm.tsv", read_landmarks(xprep / "c3_lm.tsv") - np.asarray(OFF, float))
     res = {}
     for name, (mcol, scol, target) in runs.items():
-        _identity_reg(tmp_path / name, xprep, pair, mcol, scol, target)
-        evaluate_method(xprep, tmp_path / name, tmp_path / f"{name}.tsv", "x", name, name, 0, labels, "img")
+        prep = xprep if target is None else cprep
+        _identity_reg(tmp_path / name, prep, pair, mcol, scol, target)
+        evaluate_method(prep, tmp_path / name, tmp_path / f"{name}.tsv", "x", name, name, 0, labels, "img")
         res[name] = pd.read_csv(tmp_path / f"{name}.tsv", sep="\t").iloc[0]
     full, crop, wrong = res["full"], res["crop"], res["wrong"]
     assert crop["tre_mm"] == pytest.approx(full["tre_mm"], rel=1e-5, abs=1e-6)
@@ -257,7 +268,7 @@ def test_tre_of_a_crop_with_the_siamese_placement_equals_the_uncropped_identity(
 def test_bad_target_affine_names_the_table(xprep, tmp_path):
     from regbench.errors import DataError
 
-    _identity_reg(tmp_path / "r", xprep, "c2__c3", "img_crop", "seg_crop", AFF)
+    _identity_reg(tmp_path / "r", xprep, "c2__c3", "img_crop", "seg_crop", (AFF, OFF))
     t = pd.read_csv(tmp_path / "r" / "pairs.tsv", sep="\t")
     t["target_affine"] = "[[1, 2]]"
     t.to_csv(tmp_path / "r" / "pairs.tsv", sep="\t", index=False)

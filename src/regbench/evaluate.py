@@ -24,9 +24,10 @@ fixed label map with the warped moving one, both on the fixed grid, as always. T
 frame: the true fixed-to-moving displacement ``g`` (voxels of the grid of the moving case's ``ddf`` file, the
 uncropped demo grid) becomes ``T^-1 A_g (x + g(x)) - x`` (:func:`regbench.placement.field_to_frame`; for a crop at
 offset ``o`` placed at ``p`` this is ``g + p - o``, so a placement equal to the crop is judged exactly as on the
-uncropped pair), and moving landmarks (voxel coordinates of the moving case's images in the fixed modality column,
-its uncropped grid) are mapped into the frame the same way (:func:`regbench.placement.map_points`). Everything is
-derived from the files' affines (world coordinates), not from assumed crop offsets.
+uncropped pair). Moving landmarks are, as for every pair, voxel coordinates of the moving case's own image (the
+cropped grid for a cropped moving image, e.g. the carotid reader's TOF landmarks), so in the frame they are
+``q + p`` with ``p`` the pair's placement (``moving_offset_vox``), and the voxel size is the frame's. The dense
+ground truth is mapped from the files' affines (world coordinates), not from assumed crop offsets.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import PreparedDataset
-from .placement import field_to_frame, map_points, parse_affine
+from .placement import field_to_frame, parse_affine
 from .errors import DataError
 from .io import load_ddf, load_image
 from .utils import atomic_path, get_logger
@@ -65,28 +66,34 @@ def _affine(path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
 
 
-def _target(reg_row: pd.Series, table) -> np.ndarray | None:
-    """The pair's ``target_affine`` (cross-size pairs, :mod:`regbench.placement`), or ``None``."""
+def _target(reg_row: pd.Series, table) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(target_affine, placement offset)`` of a cross-size pair (:mod:`regbench.placement`), or ``None``."""
     cell = reg_row.get("target_affine")
     if not isinstance(cell, str) or not cell:
         return None
+    off = reg_row.get("moving_offset_vox")
     try:
-        return parse_affine(cell)
+        target = parse_affine(cell)
+        offset = np.array([float(v) for v in str(off).split()], dtype=np.float64)
+        if not isinstance(off, str) or offset.size not in (2, 3):
+            raise ValueError(f"moving_offset_vox {off!r} is not 2 or 3 numbers")
     except ValueError as exc:
-        raise DataError(f"{table}: pair {reg_row['pair_id']}: target_affine {cell!r} is not a 4x4 matrix ({exc})") from exc
+        raise DataError(f"{table}: pair {reg_row['pair_id']}: target_affine {cell!r} / moving_offset_vox {off!r}: "
+                        f"not a 4x4 matrix and a voxel offset ({exc})") from exc
+    return target, offset
 
 
 def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modality: str, unit: str,
-                  target: np.ndarray | None = None) -> dict:
+                  target: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """``{tre_landmark_<unit>, tre_landmark_std_<unit>}`` of one pair (``NaN`` without landmarks on both sides).
 
     The DDF lives on the fixed grid and pulls back (``warped(x) = moving(x + u(x))``), so a fixed landmark ``p``
     corresponds to ``p + u(p)`` in the moving grid; :func:`regbench.metrics.landmark_tre` measures its distance
     to the moving landmark in the moving image's voxel size (``unit: px``: voxels).
 
-    ``target`` (a cross-size pair's ``target_affine``): the field points into that frame instead; the moving
-    landmarks, voxel coordinates of the moving case's image in the ``modality`` column (the fixed modality: the
-    uncropped grid), are mapped into it through world coordinates, and the voxel size is the frame's."""
+    ``target`` (a cross-size pair's ``(target_affine, placement offset p)``): the field points into the frame of the
+    moving image placed at ``p`` on the fixed grid; the moving landmarks (voxel coordinates of the moving image
+    itself) are ``q + p`` there, and the voxel size is the frame's (``target_affine``'s column norms)."""
     from .datasets.liver import read_landmarks
 
     nan = float("nan")
@@ -101,10 +108,13 @@ def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modalit
                         f"landmarks; they must correspond one to one")
     spacing = None
     if target is not None:
-        ref = modality if isinstance(modality, str) else modality["fixed"]
-        mp = map_points(mp, _affine(ds.path(pair["moving"], ref)), target)
+        frame, offset = target
+        if offset.size != mp.shape[1]:
+            raise DataError(f"pair {pair['pair_id']}: moving_offset_vox has {offset.size} entries, the landmarks "
+                            f"{mp.shape[1]} coordinates")
+        mp = mp + offset
         if unit == "mm":
-            spacing = tuple(float(np.linalg.norm(target[:3, i])) for i in range(mp.shape[1]))
+            spacing = tuple(float(np.linalg.norm(frame[:3, i])) for i in range(mp.shape[1]))
     elif unit == "mm":
         import nibabel as nib
 
@@ -166,7 +176,7 @@ def evaluate_method(
             u_m = load_ddf(ds.path(r["moving"], "ddf"))
             true_ddf = true_pair_ddf(u_f, u_m)
             if target is not None:  # cross-size: the ground truth in the frame the field points into
-                true_ddf = field_to_frame(true_ddf, _affine(ds.path(r["moving"], "ddf")), target)
+                true_ddf = field_to_frame(true_ddf, _affine(ds.path(r["moving"], "ddf")), target[0])
         per_label = metrics.evaluate_pair(
             fixed.array, warped, fseg, wseg, ddf, spacing, label_values,
             true_ddf=true_ddf, tre_mask=fseg > 0, unit=unit,
