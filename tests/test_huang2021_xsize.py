@@ -210,6 +210,39 @@ def test_identity_on_cross_size_pair_places_the_moving_image_in_world_coordinate
     np.testing.assert_allclose(w[CUT], full[CUT], atol=1e-5)
 
 
+def test_register_images_with_a_siamese_model_takes_a_cross_size_pair(xprep, tmp_path):
+    """regbench register-images: the Siamese network places the cropped moving image itself; the ITK field maps
+    fixed points to the moving world points of that placement, so SimpleITK applying it to the CROPPED moving file
+    gives our warped image; a plain network's pair is refused unless --resample-moving."""
+    import SimpleITK as sitk
+
+    from regbench.enduser import register_images
+
+    params = {"arch": "unet", "padding": "symmetric", "widths": list(SMALL)}
+    model = _save_model(tmp_path / "siam.pt", "huang2021_siamese", params)
+    f, m = xprep / "c2_img.nii.gz", xprep / "c3_img_crop.nii.gz"
+    out = tmp_path / "out" / "x"
+    summary = register_images(f, m, "siam", out, model_path=tmp_path / "siam.pt", device="cpu",
+                              fixed_labels_path=xprep / "c2_seg.nii.gz", moving_labels_path=xprep / "c3_seg_crop.nii.gz")
+    assert summary["cross_size"] and summary["moving_offset_vox"] == list(OFF)
+    warped = load_image(f"{out}_warped.nii.gz")
+    assert warped.array.shape == FULL and np.allclose(warped.affine, AFF)
+    ft = torch.from_numpy(load_image(f).array)[None, None]
+    mt = torch.from_numpy(load_image(m).array)[None, None]
+    with torch.no_grad():
+        res = model(mt, ft)
+    np.testing.assert_allclose(warped.array, res["warped"][0, 0].numpy(), atol=1e-4)
+    assert load_image(f"{out}_warped_labels.nii.gz").array.shape == FULL
+    field = sitk.Cast(sitk.ReadImage(f"{out}_field_itk.nii.gz"), sitk.sitkVectorFloat64)
+    theirs = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(m)), sitk.ReadImage(str(f)),
+                                                  sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0)).T
+    inner = (slice(6, 18), slice(6, 18), slice(3, 13))
+    np.testing.assert_allclose(theirs[inner], warped.array[inner], atol=2e-3)
+    _save_model(tmp_path / "unet.pt", "huang2021", {"arch": "unet", "widths": list(SMALL)})
+    with pytest.raises(ShapeMismatchError, match="cross-size network"):
+        register_images(f, m, "unet", tmp_path / "u" / "x", model_path=tmp_path / "unet.pt", device="cpu")
+
+
 # ------------------------------------------------------------------------------------------- evaluate (TRE)
 
 

@@ -119,7 +119,10 @@ def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modalit
         import nibabel as nib
 
         column = modality if isinstance(modality, str) else modality["moving"]
-        spacing = tuple(float(z) for z in nib.load(str(ds.path(pair["moving"], column))).header.get_zooms()[:3])
+        # the moving case's image in that column; a case that fills only its own role's column (the carotid reader's
+        # moving cases have no fixed-modality image) is on the fixed grid here (same-size pairs share one grid)
+        case = pair["moving"] if isinstance(ds.cases.at[pair["moving"], column], str) else pair["fixed"]
+        spacing = tuple(float(z) for z in nib.load(str(ds.path(case, column))).header.get_zooms()[:3])
     err = metrics.landmark_tre(ddf, fp, mp, spacing=spacing)
     out[f"tre_landmark_{unit}"] = float(err.mean())
     out[f"tre_landmark_std_{unit}"] = float(err.std())
