@@ -431,8 +431,6 @@ def _same(a, b):
 
 
 def test_augmentation_off_changes_nothing_and_resume_is_reproducible(tiny_prepared, tmp_path):
-    from regbench.train import train
-
     base = _train(tiny_prepared, tmp_path / "a")
     noop = _train(tiny_prepared, tmp_path / "b", augment={"prob": 0.0, "flip_axes": [0],
                                                            "affine": {"rotation_deg": 10}})

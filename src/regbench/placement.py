@@ -29,7 +29,6 @@ import json
 from typing import Sequence
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from .errors import ShapeMismatchError
