@@ -32,13 +32,16 @@ from .errors import ConfigError, ShapeMismatchError
 TRANSFORMS = ("identity", "ants_affine", "ants_syn", "elastix")
 
 
-def _to_ants(array: np.ndarray, spacing: Sequence[float]):
+def _to_ants(array: np.ndarray, spacing: Sequence[float], offset: Sequence[int] | None = None):
+    """An ANTs image with identity direction, the true spacing and origin ``offset * spacing`` (0 by default; the
+    voxel offset of a cross-size moving grid inside the fixed grid)."""
     import ants
 
     nd = array.ndim
+    off = [0.0] * nd if offset is None else [float(o) for o in offset]
     return ants.from_numpy(
         np.ascontiguousarray(array, dtype=np.float32),
-        origin=tuple(0.0 for _ in range(nd)),
+        origin=tuple(o * float(s) for o, s in zip(off, spacing)),
         spacing=tuple(float(s) for s in spacing),
         direction=np.eye(nd),
     )
@@ -83,11 +86,13 @@ def register(
     params: dict[str, Any] | None = None,
     seed: int = 0,
     deterministic: bool = False,
+    moving_offset: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Register ``moving`` to ``fixed`` with a classical method.
 
     Args:
-        fixed, moving: ``(*spatial)`` float arrays on the same grid (2D or 3D).
+        fixed, moving: ``(*spatial)`` float arrays on the same grid (2D or 3D), or, with ``moving_offset``, a
+            moving array on a smaller grid of the same spacing and direction (a cross-size pair).
         spacing: voxel size in mm per array axis (1.0 where unknown, e.g. resized X-rays).
         transform: one of :data:`TRANSFORMS`.
         params: keyword arguments for ``ants.registration`` (e.g. ``syn_metric``, ``syn_sampling``,
@@ -96,17 +101,25 @@ def register(
             recorded in the config.
         seed: seed for ANTs' random sampling.
         deterministic: single-threaded bit-reproducible mode (``ants.config.set_ants_deterministic``).
+        moving_offset: voxel offset of the moving grid inside the fixed grid (moving voxel ``j`` at fixed voxel
+            ``j + offset``; :func:`regbench.placement.world_offset`). ANTs works in world coordinates, so the moving
+            image is handed over with origin ``offset * spacing`` (the fixed one at 0) and the composed field is
+            sampled on the fixed grid as always: fixed voxel ``x`` maps to fixed-frame voxel ``x + u(x)``, i.e.
+            moving voxel ``x + u(x) - offset``. The identity gives a zero field (the moving image at its world place).
 
     Returns:
-        ``(ddf, runtime_s)``: DDF ``(ndim, *spatial)`` in voxels, and wall time of the registration call
-        (the field composition is excluded).
+        ``(ddf, runtime_s)``: DDF ``(ndim, *spatial)`` in voxels of the fixed grid, and wall time of the
+        registration call (the field composition is excluded).
 
     Raises:
-        ShapeMismatchError: fixed and moving shapes differ.
+        ShapeMismatchError: fixed and moving shapes differ without ``moving_offset``, or with elastix.
         ConfigError: unknown ``transform``.
     """
-    if fixed.shape != moving.shape:
-        raise ShapeMismatchError(f"fixed {fixed.shape} and moving {moving.shape} must share a grid")
+    if fixed.shape != moving.shape and moving_offset is None:
+        raise ShapeMismatchError(f"fixed {fixed.shape} and moving {moving.shape} must share a grid (a cross-size "
+                                 "pair needs the moving grid's voxel offset in the fixed grid, moving_offset)")
+    if moving_offset is not None and len(moving_offset) != fixed.ndim:
+        raise ShapeMismatchError(f"moving_offset {tuple(moving_offset)} does not match the {fixed.ndim}D images")
     nd = fixed.ndim
     params = dict(params or {})
     if transform == "identity":
@@ -116,11 +129,14 @@ def register(
     if transform == "elastix":
         from .elastix import register_elastix
 
+        if fixed.shape != moving.shape:
+            raise ShapeMismatchError(f"elastix: cross-size pairs (fixed {fixed.shape}, moving {moving.shape}) are not "
+                                     "supported here; resample the moving image onto the fixed grid")
         return register_elastix(fixed, moving, spacing, params, seed=seed)
     import ants
 
     _seed_ants(seed, deterministic)
-    f, m = _to_ants(fixed, spacing), _to_ants(moving, spacing)
+    f, m = _to_ants(fixed, spacing), _to_ants(moving, spacing, moving_offset)
     type_of_transform = {"ants_affine": "Affine", "ants_syn": "SyN"}[transform]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regbench_ants_") as tmp:

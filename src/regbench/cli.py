@@ -82,7 +82,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     train(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"], [int(x) for x in s["labels"]],
           device=s.get("device", "auto"), max_steps=s.get("max_steps"), seg=s.get("seg", "seg"),
-          attention_path=a.attention, autoencoder_path=a.autoencoder, components=_components(a.component))
+          attention_path=a.attention, autoencoder_path=a.autoencoder, components=_components(a.component),
+          moving_seg=s.get("moving_seg"))
 
 
 def _components(items: list[str] | None) -> dict[str, str]:
@@ -118,7 +119,8 @@ def cmd_register(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     register_pairs(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"],
                    device=s.get("device", "auto"), model_path=a.model, max_pairs=s.get("max_pairs"),
-                   seg=s.get("seg", "seg"), attention_path=a.attention, method_max_pairs=s.get("method_max_pairs"))
+                   seg=s.get("seg", "seg"), attention_path=a.attention, method_max_pairs=s.get("method_max_pairs"),
+                   moving_seg=s.get("moving_seg"))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:

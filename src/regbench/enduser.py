@@ -76,8 +76,9 @@ def ddf_to_itk(ddf: np.ndarray, fixed_affine: np.ndarray, moving_affine: np.ndar
         ddf: ``(ndim, *spatial)`` displacement in voxels of the fixed grid, channel ``i`` along array axis ``i``
             (``ndim`` 2 or 3; a 2D grid is the ``k = 0`` plane of the affine).
         fixed_affine: ``(4, 4)`` voxel-to-RAS (mm) matrix of the fixed image (nibabel's ``img.affine``).
-        moving_affine: the moving image's matrix, if its grid differs from the fixed one in origin or direction
-            only (same shape); ``None`` = the fixed image's.
+        moving_affine: the voxel-to-world matrix of the grid ``x + u(x)`` lies on, if it is not the fixed one:
+            the moving image's (other origin or direction) or a cross-size pair's placed moving grid
+            (:func:`regbench.placement.target_affine`); ``None`` = the fixed image's.
 
     Returns:
         ``(*spatial, ndim)`` float32: the displacement ``d(p)`` of ``T(p) = p + d(p)`` in LPS mm at each fixed
@@ -260,19 +261,57 @@ def scale_intensity(a: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def accepts_cross_size(model_path: str | Path) -> bool:
+    """Whether a pipeline ``model.pt`` is a network that registers a moving image on another grid (a Siamese
+    network of Huang et al. 2021: class attribute ``accepts_cross_size``). False for anything unreadable."""
+    from .models import MODELS
+
+    try:
+        blob = torch.load(Path(model_path), map_location="cpu", weights_only=False)
+        return bool(getattr(MODELS.get(blob["name"]), "accepts_cross_size", False))
+    except Exception:  # not a model file: learned_ddf reports it properly
+        return False
+
+
+@dataclass
+class Placement:
+    """A cross-size network's placement of the moving image on the fixed grid (:func:`learned_ddf`).
+
+    ``moving``, ``labels``: the moving image (and label map, if given) zero-padded onto the fixed grid in the fixed
+    image's own voxel order, as the network placed them; ``target_affine``: voxel-to-world matrix of that placed grid
+    (the frame the field points into, :mod:`regbench.placement`); ``offset``: the placement in the canonical (RAS+)
+    voxel order the network saw."""
+
+    moving: np.ndarray
+    labels: np.ndarray | None
+    target_affine: np.ndarray
+    offset: tuple[int, ...]
+
+
 def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str = "auto",
                 inference_size: Sequence[int] | None = None, attention_path: str | Path | None = None,
-                intensity: str = "auto") -> tuple[np.ndarray, float, dict[str, Any]]:
+                intensity: str = "auto", moving_labels: Image | None = None,
+                cross_size: bool = False) -> tuple[np.ndarray, float, dict[str, Any]]:
     """A trained network's DDF ``(ndim, *fixed grid)`` in voxels of the fixed grid, its runtime (s) and notes.
 
     ``inference_size`` overrides the model's training grid (:func:`model_grid`). ``intensity``: ``minmax`` scales
     both images to [0, 1] (:func:`scale_intensity`), ``auto`` scales those with values outside [0, 1] (so the
     pipeline's prepared images reach the network as in its own register stage), ``none`` passes them as they are.
 
+    ``cross_size`` (a moving image on another grid, for a network with ``accepts_cross_size``): the network runs on
+    both images at their own sizes (no resizing to the training grid; a warning when the fixed grid is not it), its
+    padding module places the moving image, and ``notes["placement"]`` holds a :class:`Placement`: the moving image
+    and ``moving_labels`` padded onto the fixed grid the same way (in the fixed image's voxel order), ready to warp.
+
     Raises:
-        ConfigError: the file is not a pipeline model, or ``intensity`` is unknown.
+        ConfigError: the file is not a pipeline model, or ``intensity`` is unknown; ``inference_size`` with
+            ``cross_size``.
+        ShapeMismatchError: with ``cross_size``, images of different dimensionality.
     """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, ornt_transform
+
     from .auxiliary import load_auxiliary
+    from .placement import place, translation
     from .register import timed_forward
     from .train import load_trained
     from .utils import select_device
@@ -288,10 +327,17 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
     except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
         raise ConfigError(f"{model_path}: not a model.pt written by `regbench train` "
                           f"({type(exc).__name__}: {exc})") from exc
+    if cross_size and inference_size:
+        raise ConfigError("--inference-size resizes both images to one grid; a cross-size pair has none (drop it)")
     grid = None if inference_size else model_grid(model_path)
     size = tuple(int(s) for s in inference_size) if inference_size else (grid.shape if grid else None)
     f_arr, ornt = _canonical(fixed)
-    m_arr, _ = _canonical(moving)
+    m_arr, m_ornt = _canonical(moving)
+    if cross_size:
+        if grid and tuple(grid.shape) != tuple(f_arr.shape):
+            log.warning("%s: cross-size pair: the network runs on the fixed grid %s, not its training grid %s",
+                        model_path, f_arr.shape, tuple(grid.shape))
+        size = None
     if size is not None and len(size) != f_arr.ndim:
         raise ShapeMismatchError(f"{model_path}: the network works on {len(size)}D grids {size}, "
                                  f"{fixed.path} is {f_arr.ndim}D")
@@ -306,13 +352,35 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
     m = torch.from_numpy(np.ascontiguousarray(m_arr, dtype=np.float32))[None, None].to(dev)
     attention = load_auxiliary(attention_path, dev) if attention_path else None
     timed_forward(model, m, f, dev, size, attention)  # warm-up (kernel selection), not timed
-    ddf_t, runtime, _ = timed_forward(model, m, f, dev, size, attention)
+    outputs: dict = {}
+    ddf_t, runtime, _ = timed_forward(model, m, f, dev, size, attention, outputs=outputs)
     ddf = _ddf_from_canonical(ddf_t[0].float().cpu().numpy(), ornt)
+    placement = None
+    if cross_size:
+        if "moving_pad" not in outputs:
+            raise ConfigError(f"{model_path}: the network returned no placement (moving_pad) for a cross-size pair")
+        off = tuple(int(a) for a, _ in outputs["moving_pad"])
+        nd = f_arr.ndim
+        back = ornt_transform(np.array([[a, 1] for a in range(nd)], dtype=float), ornt)  # canonical -> fixed's order
+        placed = apply_orientation(place(m_arr, off, f_arr.shape), back).astype(np.float32)
+        labs = None
+        if moving_labels is not None:
+            lab_c = apply_orientation(moving_labels.array, m_ornt)
+            labs = apply_orientation(place(lab_c, off, f_arr.shape), back).astype(np.int32)
+        # frame voxel v (fixed order) -> canonical fixed voxel -> canonical moving voxel (- off) -> world
+        k_f = _pad44(inv_ornt_aff(ornt, fixed.array.shape))     # canonical fixed voxel -> fixed voxel
+        k_m = _pad44(inv_ornt_aff(m_ornt, moving.array.shape))  # canonical moving voxel -> moving voxel
+        target = np.asarray(moving.affine, float) @ k_m @ translation([-v for v in off]) @ np.linalg.inv(k_f)
+        placement = Placement(np.ascontiguousarray(placed), None if labs is None else np.ascontiguousarray(labs),
+                              target, off)
     notes = {"model": str(model_path), "device": str(dev), "network_grid": list(size) if size else None,
              "network_grid_source": ("--inference-size" if inference_size else grid.source if grid else
                                      "none recorded: the fixed grid"),
              "reoriented_to_ras": bool(not np.array_equal(ornt, [[a, 1] for a in range(len(ornt))])),
              "intensity_scaled_to_0_1": scaled}
+    if placement is not None:
+        notes.update(network_grid="the images' own grids (cross-size pair)", network_grid_source="cross-size pair",
+                     placement=placement, moving_offset_vox=list(placement.offset))
     if grid and grid.spacing and size:
         fov = [s * n for s, n in zip(sorted_spacing(fixed, ornt), f_arr.shape)]
         eff = [x / n for x, n in zip(fov, size)]
@@ -322,6 +390,16 @@ def learned_ddf(model_path: str | Path, fixed: Image, moving: Image, device: str
             log.warning("%s: on the network's grid %s the image has spacing %s mm; the network was trained at %s mm",
                         model_path, size, notes["network_spacing_mm"], notes["training_spacing_mm"])
     return ddf, runtime, notes
+
+
+def _pad44(a: np.ndarray) -> np.ndarray:
+    """A 2D image's 3x3 orientation affine as 4x4 (third axis unchanged); 4x4 as it is."""
+    a = np.asarray(a, float)
+    if a.shape == (4, 4):
+        return a
+    out = np.eye(4)
+    out[:2, :2], out[:2, 3] = a[:2, :2], a[:2, 2]
+    return out
 
 
 def sorted_spacing(img: Image, ornt: np.ndarray) -> list[float]:
@@ -380,7 +458,11 @@ def register_images(
             metrics are computed (labels in ``labels``, default all non-zero values).
         params: keyword arguments of the classical method (``ants.registration`` / elastix options).
         resample_moving: put a moving image (and its labels) that is not on the fixed grid onto it in physical
-            space first (linear / nearest); without it such a pair is an error.
+            space first (linear / nearest); without it such a pair is an error, except for a cross-size network
+            (``model_path`` of a model with ``accepts_cross_size``, a Siamese network of Huang et al. 2021): it takes
+            the moving image on its own grid and places it on the fixed grid itself (its ``moving_pad``); the
+            moving image and labels are warped after padding them that way, and the ITK field maps fixed points to
+            the moving world points of that placement (``summary["moving_offset_vox"]``, in RAS+ voxel order).
 
     Raises:
         DataError: a missing or unreadable input (the message names the file).
@@ -401,16 +483,20 @@ def register_images(
         raise ConfigError("give both --fixed-labels and --moving-labels (or neither)")
     fixed_lab = load_labels(fixed_labels_path, fixed, "fixed label map") if fixed_labels_path else None
     moving_lab = load_labels(moving_labels_path, moving, "moving label map") if moving_labels_path else None
-    resampled = False
+    resampled = cross = False
     if not _same_grid(fixed, moving):
-        if not resample_moving:
+        if model_path and not resample_moving and accepts_cross_size(model_path):
+            cross = True   # the network places the moving image on the fixed grid itself
+        elif not resample_moving:
             raise ShapeMismatchError(
                 f"the moving image {moving.path} is not on the grid of the fixed image {fixed.path}: "
                 f"{_grid_text(moving)} vs {_grid_text(fixed)}; resample it onto the fixed grid first, or pass "
-                "--resample-moving to do that here (linear; its labels nearest neighbour)")
-        moving = resample_to(moving, fixed)
-        moving_lab = resample_to(moving_lab, fixed, labels=True) if moving_lab is not None else None
-        resampled = True
+                "--resample-moving to do that here (linear; its labels nearest neighbour), or register it with a "
+                "cross-size network (a huang2021_siamese model.pt), which takes it on its own grid")
+        else:
+            moving = resample_to(moving, fixed)
+            moving_lab = resample_to(moving_lab, fixed, labels=True) if moving_lab is not None else None
+            resampled = True
     if method not in classical.TRANSFORMS and not model_path:
         raise ConfigError(f"--method {method!r} is not a classical transform {classical.TRANSFORMS}; for a trained "
                           "network give --model work/<exp>/models/<dataset>/<method>/fold<k>/model.pt")
@@ -419,7 +505,7 @@ def register_images(
     t0 = time.perf_counter()
     if model_path:
         ddf, runtime, notes = learned_ddf(model_path, fixed, moving, device, inference_size, attention_path,
-                                          intensity)
+                                          intensity, moving_labels=moving_lab, cross_size=cross)
     else:
         try:
             ddf, runtime = classical.register(fixed.array, moving.array, fixed.spacing, method, params or {},
@@ -429,32 +515,36 @@ def register_images(
     total = time.perf_counter() - t0
 
     ddf_t = torch.from_numpy(np.ascontiguousarray(ddf))[None]
-    warped = spatial.warp(torch.from_numpy(moving.array)[None, None], ddf_t)[0, 0].numpy()
+    placement = notes.pop("placement", None)
+    moving_arr, target = moving.array, None
+    if placement is not None:   # cross-size: warp the moving image (and labels) as the network placed them
+        moving_arr, target = placement.moving, placement.target_affine
+    warped = spatial.warp(torch.from_numpy(moving_arr)[None, None], ddf_t)[0, 0].numpy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"warped": Path(f"{out}_warped.nii.gz"), "field_itk": Path(f"{out}_field_itk.nii.gz"),
              "ddf": Path(f"{out}_ddf.nii.gz"), "metrics": Path(f"{out}_metrics.tsv"),
              "summary": Path(f"{out}_summary.json")}
     save_image(paths["warped"], warped.astype(np.float32), fixed.affine)
-    save_itk_field(paths["field_itk"], ddf, fixed.affine)
+    save_itk_field(paths["field_itk"], ddf, fixed.affine, target)
     save_ddf(paths["ddf"], ddf, fixed.affine)
 
     jac = jacobian_stats(ddf)
     summary: dict[str, Any] = {
         "method": method, "fixed": str(fixed.path), "moving": str(moving.path),
-        "moving_resampled_to_fixed_grid": resampled, "grid": _grid_text(fixed), "runtime_s": runtime,
+        "moving_resampled_to_fixed_grid": resampled, "cross_size": cross, "grid": _grid_text(fixed), "runtime_s": runtime,
         "wall_s": total, "folding_pct": jac["folding_pct"], "folding_count": jac["folding_count"],
         "sdlogj": jac["sdlogj"], "det_min": jac["det_min"], **notes,
         "outputs": {k: str(v) for k, v in paths.items()},
     }
     rows = pd.DataFrame()
     if fixed_lab is not None:
-        warped_lab = spatial.warp_labels(torch.from_numpy(moving_lab.array.astype(np.int64))[None, None],
-                                         ddf_t)[0, 0].numpy()
+        lab_arr = placement.labels if placement is not None else moving_lab.array
+        warped_lab = spatial.warp_labels(torch.from_numpy(lab_arr.astype(np.int64))[None, None], ddf_t)[0, 0].numpy()
         paths["warped_labels"] = Path(f"{out}_warped_labels.nii.gz")
         save_image(paths["warped_labels"], warped_lab.astype(np.int32), fixed.affine)
         summary["outputs"]["warped_labels"] = str(paths["warped_labels"])
-        rows = label_metrics(fixed_lab.array, moving_lab.array, warped_lab, fixed.spacing, labels)
+        rows = label_metrics(fixed_lab.array, lab_arr, warped_lab, fixed.spacing, labels)   # before: as placed
         for col in ("dsc_before", "dsc", "hd95_mm", "hd_mm", "assd_mm"):
             summary[f"mean_{col}"] = float(np.nanmean(rows[col])) if rows[col].notna().any() else math.nan
         summary["labels"] = [int(v) for v in rows["label"]]

@@ -105,10 +105,14 @@ def run_training_loop(
     clip_grad_norm: float | None = None,
     players: list[Player] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    pass_step: bool = False,
 ) -> list[dict[str, float]]:
     """Optimise ``model`` for ``steps`` steps of ``step_fn`` with atomic checkpoints and resume.
 
-    ``step_fn()`` draws its own batch (from ``rng``) and returns ``(total loss, {term: value})``. The loop
+    ``step_fn()`` draws its own batch (from ``rng``) and returns ``(total loss, {term: value})``; with
+    ``pass_step`` it is called as ``step_fn(step)``, ``step`` the number of steps done before this one (0-based,
+    counted from the start of training, so a resumed run passes what an uninterrupted one does: seeds per step,
+    e.g. the trainer's augmentation). The loop
     zeroes gradients, back-propagates, clips the global gradient norm to ``clip_grad_norm`` when given
     (:func:`torch.nn.utils.clip_grad_norm_`), steps ``opt``; then updates each of ``players`` in order the same
     way (adversarial training: generator first, then critic, on the same batch). It logs every row (``step``,
@@ -167,7 +171,7 @@ def run_training_loop(
     t0 = time.perf_counter()
     bar = tqdm(total=steps, initial=step, desc=desc, unit="step", mininterval=2.0)
     while step < steps:
-        total, terms = step_fn()
+        total, terms = step_fn(step) if pass_step else step_fn()
         grad_norm = _update(model, opt, total, clip_grad_norm)
         extra: dict[str, float] = {}
         if scheduler is not None:

@@ -16,6 +16,18 @@ The pair-level columns of the registration table in :data:`PASSED_THROUGH` are c
 backward field, Ding et al. 2021). ``folding_count_native`` is the ``det J <= 0``
 count on the grid the method predicted its field on: the registration table's value for a network run at a
 smaller ``inference_size`` (e.g. 64 px for a 256 px test, He et al. 2022), else ``folding_count`` itself.
+
+Cross-size pairs (the registration table has a ``target_affine`` for the pair, :mod:`regbench.placement`): the
+field points into the frame where the moving image was placed on the fixed grid (the network's own placement, or
+the world one of a classical method), whose voxel-to-world matrix is ``target_affine``. DSC, HD95, ASSD compare the
+fixed label map with the warped moving one, both on the fixed grid, as always. TRE needs the ground truth in that
+frame: the true fixed-to-moving displacement ``g`` (voxels of the grid of the moving case's ``ddf`` file, the
+uncropped demo grid) becomes ``T^-1 A_g (x + g(x)) - x`` (:func:`regbench.placement.field_to_frame`; for a crop at
+offset ``o`` placed at ``p`` this is ``g + p - o``, so a placement equal to the crop is judged exactly as on the
+uncropped pair). Moving landmarks are, as for every pair, voxel coordinates of the moving case's own image (the
+cropped grid for a cropped moving image, e.g. the carotid reader's TOF landmarks), so in the frame they are
+``q + p`` with ``p`` the pair's placement (``moving_offset_vox``), and the voxel size is the frame's. The dense
+ground truth is mapped from the files' affines (world coordinates), not from assumed crop offsets.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import PreparedDataset
+from .placement import field_to_frame, parse_affine
 from .errors import DataError
 from .io import load_ddf, load_image
 from .utils import atomic_path, get_logger
@@ -47,12 +60,40 @@ def _native_folding(reg_row: pd.Series, folding_count: float) -> float:
     return float(v) if v is not None and pd.notna(v) else float(folding_count)
 
 
-def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modality: str, unit: str) -> dict:
+def _affine(path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+
+
+def _target(reg_row: pd.Series, table) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(target_affine, placement offset)`` of a cross-size pair (:mod:`regbench.placement`), or ``None``."""
+    cell = reg_row.get("target_affine")
+    if not isinstance(cell, str) or not cell:
+        return None
+    off = reg_row.get("moving_offset_vox")
+    try:
+        target = parse_affine(cell)
+        offset = np.array([float(v) for v in str(off).split()], dtype=np.float64)
+        if not isinstance(off, str) or offset.size not in (2, 3):
+            raise ValueError(f"moving_offset_vox {off!r} is not 2 or 3 numbers")
+    except ValueError as exc:
+        raise DataError(f"{table}: pair {reg_row['pair_id']}: target_affine {cell!r} / moving_offset_vox {off!r}: "
+                        f"not a 4x4 matrix and a voxel offset ({exc})") from exc
+    return target, offset
+
+
+def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modality: str, unit: str,
+                  target: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """``{tre_landmark_<unit>, tre_landmark_std_<unit>}`` of one pair (``NaN`` without landmarks on both sides).
 
     The DDF lives on the fixed grid and pulls back (``warped(x) = moving(x + u(x))``), so a fixed landmark ``p``
     corresponds to ``p + u(p)`` in the moving grid; :func:`regbench.metrics.landmark_tre` measures its distance
-    to the moving landmark in the moving image's voxel size (``unit: px``: voxels)."""
+    to the moving landmark in the moving image's voxel size (``unit: px``: voxels).
+
+    ``target`` (a cross-size pair's ``(target_affine, placement offset p)``): the field points into the frame of the
+    moving image placed at ``p`` on the fixed grid; the moving landmarks (voxel coordinates of the moving image
+    itself) are ``q + p`` there, and the voxel size is the frame's (``target_affine``'s column norms)."""
     from .datasets.liver import read_landmarks
 
     nan = float("nan")
@@ -66,11 +107,22 @@ def _landmark_tre(ds: PreparedDataset, pair: pd.Series, ddf: np.ndarray, modalit
         raise DataError(f"{ds.root / 'cases.tsv'}: pair {pair['pair_id']}: {len(fp)} fixed vs {len(mp)} moving "
                         f"landmarks; they must correspond one to one")
     spacing = None
-    if unit == "mm":
+    if target is not None:
+        frame, offset = target
+        if offset.size != mp.shape[1]:
+            raise DataError(f"pair {pair['pair_id']}: moving_offset_vox has {offset.size} entries, the landmarks "
+                            f"{mp.shape[1]} coordinates")
+        mp = mp + offset
+        if unit == "mm":
+            spacing = tuple(float(np.linalg.norm(frame[:3, i])) for i in range(mp.shape[1]))
+    elif unit == "mm":
         import nibabel as nib
 
         column = modality if isinstance(modality, str) else modality["moving"]
-        spacing = tuple(float(z) for z in nib.load(str(ds.path(pair["moving"], column))).header.get_zooms()[:3])
+        # the moving case's image in that column; a case that fills only its own role's column (the carotid reader's
+        # moving cases have no fixed-modality image) is on the fixed grid here (same-size pairs share one grid)
+        case = pair["moving"] if isinstance(ds.cases.at[pair["moving"], column], str) else pair["fixed"]
+        spacing = tuple(float(z) for z in nib.load(str(ds.path(case, column))).header.get_zooms()[:3])
     err = metrics.landmark_tre(ddf, fp, mp, spacing=spacing)
     out[f"tre_landmark_{unit}"] = float(err.mean())
     out[f"tre_landmark_std_{unit}"] = float(err.std())
@@ -121,15 +173,18 @@ def evaluate_method(
         ddf = load_ddf(reg_dir / r["ddf"])
         spacing = fixed.spacing if unit == "mm" else tuple(1.0 for _ in fixed.spacing)
         true_ddf = None
+        target = _target(r, table)
         if has_truth:
             u_f = load_ddf(ds.path(r["fixed"], "ddf"))
             u_m = load_ddf(ds.path(r["moving"], "ddf"))
             true_ddf = true_pair_ddf(u_f, u_m)
+            if target is not None:  # cross-size: the ground truth in the frame the field points into
+                true_ddf = field_to_frame(true_ddf, _affine(ds.path(r["moving"], "ddf")), target[0])
         per_label = metrics.evaluate_pair(
             fixed.array, warped, fseg, wseg, ddf, spacing, label_values,
             true_ddf=true_ddf, tre_mask=fseg > 0, unit=unit,
         )
-        lm = _landmark_tre(ds, r, ddf, modality, unit) if has_landmarks else {}
+        lm = _landmark_tre(ds, r, ddf, modality, unit, target) if has_landmarks else {}
         for row in per_label:
             row.update(lm)
             # report columns: tre_<unit> (mean over the mask) and tre_std_<unit>

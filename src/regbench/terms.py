@@ -222,17 +222,34 @@ class _LabelTerm(Term):
     """A term on the fixed label map and the moving label map warped by ``field`` (one-hot, linear warp).
 
     ``background``: include label 0 as a class (cross-entropy and auto-encoder terms do, Dice does not).
+
+    Cross-size pairs: a moving label map on a smaller grid than ``field`` (the moving image of a cross-size pair
+    of a Siamese network) is zero-padded onto the field's grid with the model output ``moving_pad`` (role
+    ``moving_pad``, per axis ``(before, after)`` voxels; :func:`_pad_moving`) before the warp, the placement the
+    network gave its moving image. Same-grid pairs use the shared cached warp of :class:`TermContext` (and never
+    read ``moving_pad``).
     """
 
-    reads = {"field": "ddf", "fixed_seg": "fixed_seg", "moving_seg": "moving_seg"}
+    reads = {"field": "ddf", "fixed_seg": "fixed_seg", "moving_seg": "moving_seg", "moving_pad": "moving_pad"}
     background: ClassVar[bool] = False
 
     def maps(self, ctx: TermContext) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.labels:
             raise ConfigError(f"loss term {self.label!r} needs the dataset's labels")
         values = ((0,) if self.background else ()) + self.labels
-        return (ctx.onehot(self.bind["fixed_seg"], values),
-                ctx.warped_onehot(self.bind["moving_seg"], self.bind["field"], values))
+        field = self.get(ctx, "field")
+        fixed = ctx.onehot(self.bind["fixed_seg"], values)
+        moving = ctx.onehot(self.bind["moving_seg"], values)
+        if moving.shape[2:] == field.shape[2:]:
+            return fixed, ctx.warped_onehot(self.bind["moving_seg"], self.bind["field"], values)
+        try:
+            pads = self.get(ctx, "moving_pad")
+        except ConfigError as exc:
+            raise ConfigError(f"loss term {self.label!r}: the moving label map {tuple(moving.shape[2:])} is not on the "
+                              f"field's grid {tuple(field.shape[2:])} and the model gives no placement "
+                              f"(moving_pad): {exc}") from exc
+        moving = _pad_moving(moving, tuple(field.shape[2:]), pads, self.label)
+        return fixed, spatial.warp(moving, field)
 
 
 @register_term("dice")
@@ -584,8 +601,9 @@ class AffineRegularityTerm(Term):
 
 # ----------------------------------------------------------------------------------------------------------
 # Huang et al. 2021 (cross-scale Siamese U-Nets; docs/huang2021.md): GDSC, label centre distance (dt), bending
-# energy. The label terms also take cross-size pairs: a moving label map smaller than the field's grid is
-# zero-padded onto it by the model's padding module placement (output ``moving_pad``, Huang2021Siamese).
+# energy. The label terms (these and dice, ce, ae: :class:`_LabelTerm`) take cross-size pairs: a moving label map
+# smaller than the field's grid is zero-padded onto it by the model's padding module placement (output
+# ``moving_pad``, Huang2021Siamese).
 
 
 def gaussian_kernel1d(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor | None:
@@ -621,24 +639,8 @@ def _pad_moving(t: torch.Tensor, grid: tuple[int, ...], pads: Any, label: str) -
     return F.pad(t, [v for a, b in reversed(pads) for v in (a, b)])
 
 
-class _CrossSizeLabelTerm(_LabelTerm):
-    """A label term whose moving label map may lie on a smaller grid than ``field`` (a cross-size pair of a
-    Siamese network): then it is zero-padded onto the field's grid with the model output ``moving_pad``
-    (role ``moving_pad``) before the warp. Same-grid pairs use the shared cached warp of :class:`TermContext`."""
-
-    reads = {"field": "ddf", "fixed_seg": "fixed_seg", "moving_seg": "moving_seg", "moving_pad": "moving_pad"}
-
-    def maps(self, ctx: TermContext) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.labels:
-            raise ConfigError(f"loss term {self.label!r} needs the dataset's labels")
-        values = ((0,) if self.background else ()) + self.labels
-        field = self.get(ctx, "field")
-        fixed = ctx.onehot(self.bind["fixed_seg"], values)
-        moving = ctx.onehot(self.bind["moving_seg"], values)
-        if moving.shape[2:] == field.shape[2:]:
-            return fixed, ctx.warped_onehot(self.bind["moving_seg"], self.bind["field"], values)
-        moving = _pad_moving(moving, tuple(field.shape[2:]), self.get(ctx, "moving_pad"), self.label)
-        return fixed, spatial.warp(moving, field)
+#: Huang et al.'s label terms were written for cross-size pairs before every label term took them; the name stays.
+_CrossSizeLabelTerm = _LabelTerm
 
 
 @register_term("gdsc")

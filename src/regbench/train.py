@@ -15,6 +15,11 @@ terms and weights, optional critics), the model spec, the dataset's prepared spl
 * decays the learning rate stepwise with ``train.lr_decay: {every: <steps> | every_epochs: <n>, factor: <f>}``
   (Zhu et al. 2021, Sec. 2.C: x0.5 every 10 epochs); ``train.epochs`` instead of ``train.steps`` gives the
   schedule in epochs (one epoch = one pass over the fold's training pairs, batch size taken into account),
+* augments each training pair on the fly with ``train.augment`` (:mod:`regbench.augment`: the same random flips
+  of both images and label maps, an independent random affine per side; seeded per step; off when absent),
+* trains on cross-size pairs (a moving image on a smaller grid, e.g. ``modality: {fixed: t1, moving: t2_crop}``
+  with the moving label maps from their own column, ``moving_seg``) for models that take them
+  (:class:`regbench.models.huang2021.Huang2021Siamese`; label terms place the moving maps with its ``moving_pad``),
 * gives frozen pre-trained components (``components``: auxiliary networks or other methods' trained
   models, by role; ``autoencoder`` is the short form of ``components: {autoencoder: ...}``) to the terms,
 * writes ``checkpoint.pt`` atomically every ``checkpoint_every`` steps (every network, optimiser, step, RNG
@@ -36,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .augment import STREAM as AUG_STREAM
+from .augment import Augmentation
 from .auxiliary import attention_mask, load_auxiliary
 from .data import PreparedDataset
 from .engine import Player, paper_steps, run_training_loop, training_schedule
@@ -67,18 +74,20 @@ def pair_columns(modality: str | dict[str, str]) -> dict[str, str]:
 
 class _CaseCache:
     """Loads each training image once per (case, column) and keeps it as a ``(1, 1, *spatial)`` tensor on
-    the device; label maps likewise as int64.
+    the device; label maps likewise as int64, from column ``seg`` (both sides) or, for the moving side,
+    ``moving_seg`` when given (a cross-size moving image's labels on its own grid).
 
     With an ``attention`` segmenter (He et al. 2022, Sec. 3.1) the cached image is the attention-cleaned
     image ``I * W^a`` (:func:`regbench.auxiliary.attention_mask`), computed once per case.
     """
 
     def __init__(self, ds: PreparedDataset, modality: str | dict[str, str], device: torch.device, seg: str,
-                 attention: torch.nn.Module | None = None):
+                 attention: torch.nn.Module | None = None, moving_seg: str | None = None):
         self.ds, self.columns, self.device, self.seg_column = ds, pair_columns(modality), device, seg
+        self.seg_columns = {"fixed": seg, "moving": moving_seg or seg}
         self.attention = attention
         self._img: dict[tuple[str, str], torch.Tensor] = {}
-        self._seg: dict[str, torch.Tensor] = {}
+        self._seg: dict[tuple[str, str], torch.Tensor] = {}
 
     def image(self, case: str, side: str = "fixed") -> torch.Tensor:
         key = (case, self.columns[side])
@@ -90,11 +99,12 @@ class _CaseCache:
             self._img[key] = img
         return self._img[key]
 
-    def seg(self, case: str) -> torch.Tensor:
-        if case not in self._seg:
-            arr = self.ds.load(case, self.seg_column).array.astype(np.int64)
-            self._seg[case] = torch.from_numpy(arr)[None, None].to(self.device)
-        return self._seg[case]
+    def seg(self, case: str, side: str = "fixed") -> torch.Tensor:
+        key = (case, self.seg_columns[side])
+        if key not in self._seg:
+            arr = self.ds.load(case, key[1]).array.astype(np.int64)
+            self._seg[key] = torch.from_numpy(arr)[None, None].to(self.device)
+        return self._seg[key]
 
 
 def load_component(model_path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -139,6 +149,7 @@ def train(
     attention_path: str | Path | None = None,
     autoencoder_path: str | Path | None = None,
     components: dict[str, str | Path] | None = None,
+    moving_seg: str | None = None,
 ) -> Path:
     """Train ``method`` on the train pairs of ``fold``; return the path of ``model.pt``.
 
@@ -160,6 +171,12 @@ def train(
             ``components={"autoencoder": path}``.
         components: ``{role: model.pt}`` of frozen pre-trained components (:func:`load_component`) that
             loss terms read by role (e.g. the ``ae`` term's ``autoencoder``).
+        moving_seg: ``cases.tsv`` column of the moving side's label maps when it is not ``seg`` (a cross-size
+            moving image's labels on its own grid, e.g. ``seg_crop``).
+
+    ``train.augment`` (:mod:`regbench.augment`) augments every sampled pair; its random choices come from
+    ``numpy.random.default_rng([seed, fold, step, augment.STREAM])``, independent of the pair sampling stream, so a
+    resumed run reproduces an uninterrupted one and a run without ``augment`` is unchanged.
 
     ``train.log_term_grad_norms: true`` (a diagnostic) adds a ``grad_norm_<term>`` column per loss term to the
     training log: the global L2 norm of that weighted term's gradient alone (one extra backward pass per
@@ -215,19 +232,34 @@ def train(
     if needed:
         raise ConfigError(f"method {method.get('name')!r}: loss terms need components {sorted(needed)} that were not "
                           "given (methods.<id>.autoencoder / components, or train.critics)")
-    cache = _CaseCache(ds, modality, dev, seg, attention)
+    try:
+        aug = Augmentation.from_config(tcfg.get("augment"), ndim)
+    except ConfigError as exc:
+        raise ConfigError(f"method {method.get('name')!r}: {exc}") from exc
+    cache = _CaseCache(ds, modality, dev, seg, attention, moving_seg)
     rng = np.random.default_rng([seed, fold])
     params = [p for p in model.parameters() if p.requires_grad] if tcfg.get("log_term_grad_norms") else None
     roles = {**frozen, **{role: c[0] for role, c in critics.items()}}
     state: dict[str, TermContext] = {}
 
-    def step_fn() -> tuple[torch.Tensor, dict[str, float]]:
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = rng.integers(0, len(pairs), size=batch)
         fixed = torch.cat([cache.image(pairs.at[i, "fixed"], "fixed") for i in idx])
         moving = torch.cat([cache.image(pairs.at[i, "moving"], "moving") for i in idx])
+
+        def segs(side: str) -> torch.Tensor:
+            return torch.cat([cache.seg(pairs.at[i, side], side) for i in idx])
+
+        load_seg = segs
+        if aug is not None:
+            draw = aug.draw(np.random.default_rng([seed, fold, step, AUG_STREAM]), len(idx))
+            fixed, moving = aug.apply(fixed, draw, "fixed"), aug.apply(moving, draw, "moving")
+
+            def load_seg(side: str) -> torch.Tensor:
+                return aug.apply(segs(side), draw, side, labels=True)
+
         out = model(moving, fixed)
-        ctx = TermContext({"fixed": fixed, "moving": moving}, out,
-                          lambda side: torch.cat([cache.seg(pairs.at[i, side]) for i in idx]), roles)
+        ctx = TermContext({"fixed": fixed, "moving": moving}, out, load_seg, roles)
         state["ctx"] = ctx
         return weighted_sum(terms, ctx, fixed.new_zeros(()), params)
 
@@ -238,7 +270,7 @@ def train(
                for role, (module, copt, cterms, clip) in critics.items()]
     rows = run_training_loop(out_dir, model, opt, rng, spec_hash, steps, every, step_fn,
                              desc=f"train {method.get('name')} fold{fold}", clip_grad_norm=tcfg.get("clip_grad_norm"),
-                             players=players, scheduler=scheduler)
+                             players=players, scheduler=scheduler, pass_step=True)
 
     n_params = count_parameters(model)
     model_path = out_dir / "model.pt"

@@ -54,6 +54,16 @@ def dataset_cfg(w):
     return exp(w)["datasets"][w.dataset]
 
 
+def moving_seg_spec(w, train):
+    """`{"moving_seg": column}` when the dataset's moving-side label column differs from its label column of both
+    sides (registration: `moving_seg` vs `seg`; training: `train_moving_seg`, default `moving_seg`, vs `train_seg`);
+    nothing otherwise, so that the specs (and the params rerun trigger) of every other dataset stay as they were."""
+    d = dataset_cfg(w)
+    base = d["train_seg"] if train else d["seg"]
+    col = (d.get("train_moving_seg") or d.get("moving_seg")) if train else d.get("moving_seg")
+    return {"moving_seg": col} if col and col != base else {}
+
+
 def jobs(e):
     """(dataset, method, fold) triples of experiment e's test registrations (no `train_only` dataset: its
     networks are trained as inputs of the datasets whose `models_from` names it)."""

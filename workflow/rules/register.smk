@@ -12,7 +12,7 @@ rule register:
             "method": method_cfg(w), "seed": exp(w)["seed"] + int(w.fold),
             "modality": dataset_cfg(w)["modality"], "seg": dataset_cfg(w)["seg"], "device": exp(w)["device"],
             "max_pairs": exp(w)["scale"].get("max_test_pairs"),
-            **method_pairs_cap(w),
+            **method_pairs_cap(w), **moving_seg_spec(w, train=False),
         }),
     resources:
         gpu=lambda w: 1 if method_cfg(w)["kind"] == "learned" else 0,

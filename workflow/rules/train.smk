@@ -13,6 +13,7 @@ rule train:
             "modality": dataset_cfg(w)["train_modality"], "seg": dataset_cfg(w)["train_seg"],
             "labels": sorted(dataset_cfg(w)["labels"]),
             "device": exp(w)["device"], "max_steps": exp(w)["scale"].get("max_train_steps"),
+            **moving_seg_spec(w, train=True),
         }),
         aux=lambda w, input: aux_args(input, ("attention",)),
     resources:

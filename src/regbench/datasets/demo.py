@@ -111,9 +111,46 @@ def resolve_params(params: dict | None) -> dict:
     g = p["gamma"]
     if not (isinstance(g, (list, tuple)) and len(g) == 2 and 0 < float(g[0]) <= float(g[1])):
         raise ConfigError(f"demo params: gamma must be [low, high] with 0 < low <= high, got {g!r}")
+    _check_crop_params(p)
     if "n_folds" in p and int(p["n_folds"]) != 1:
         log.warning("demo dataset has a single fold (0); ignoring n_folds=%s", p["n_folds"])
     return p
+
+
+def _check_crop_params(p: dict) -> None:
+    """``moving_crop`` (``[s0, s1, s2]`` voxels, or absent / ``None``) and ``moving_crop_offset`` (``[o0, o1, o2]``
+    voxels >= 0, or absent / ``None`` = centred): their forms; the grid check is :func:`crop_box`'s."""
+    crop, off = p.get("moving_crop"), p.get("moving_crop_offset")
+    if crop is None:
+        if off is not None:
+            raise ConfigError("demo params: moving_crop_offset is given without moving_crop")
+        return
+    if not (isinstance(crop, (list, tuple)) and len(crop) == 3 and all(isinstance(v, int) and v > 0 for v in crop)):
+        raise ConfigError(f"demo params: moving_crop must be three positive voxel counts [s0, s1, s2], got {crop!r}")
+    if off is not None and not (isinstance(off, (list, tuple)) and len(off) == 3
+                                and all(isinstance(v, int) and v >= 0 for v in off)):
+        raise ConfigError(f"demo params: moving_crop_offset must be three voxel offsets >= 0, got {off!r}")
+
+
+def crop_box(p: dict, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(offset, size)`` in voxels of the ``moving_crop`` box on the demo grid ``shape`` (``None`` without a crop).
+
+    The offset is ``moving_crop_offset`` or, by default, centred: ``floor((S - s) / 2)`` per axis (the symmetric
+    padding of the Siamese networks puts the moving image back at the same place when ``S - s`` is even).
+
+    Raises:
+        ConfigError: the box is larger than the grid or reaches outside it (the message names the grid).
+    """
+    crop = p.get("moving_crop")
+    if crop is None:
+        return None
+    size = tuple(int(v) for v in crop)
+    off = p.get("moving_crop_offset")
+    offset = tuple(int(v) for v in off) if off is not None else tuple((g - c) // 2 for g, c in zip(shape, size))
+    if any(c > g for c, g in zip(size, shape)) or any(o + c > g for o, c, g in zip(offset, size, shape)):
+        raise ConfigError(f"demo params: moving_crop {list(size)} at offset {list(offset)} does not fit in the demo "
+                          f"grid {list(shape)} (at spacing_mm {p['spacing_mm']})")
+    return offset, size
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -364,6 +401,15 @@ def build_demo(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Data
     (``u_case`` in voxels, ``subject(x) = template(x + u_case(x))`` before intensity augmentation),
     ``cases.tsv``, ``pairs.tsv`` and ``dataset.json``. All randomness comes from
     ``numpy.random.default_rng(seed)``: the same seed and params give identical arrays.
+
+    With ``params.moving_crop: [s0, s1, s2]`` (voxels; optional ``moving_crop_offset``, default centred, see
+    :func:`crop_box`) every case also gets ``images/<case>_{t1,t2}_crop.nii.gz`` and ``labels/<case>_seg_crop.nii.gz``
+    (columns ``t1_crop``, ``t2_crop``, ``seg_crop``): the same arrays cut to that box, **a crop, not a resample**, with
+    the affine translated by the box offset (``A T(offset)``) so that world coordinates stay right. A cross-size
+    experiment registers e.g. ``modality: {fixed: t1, moving: t2_crop}`` with ``moving_seg: seg_crop`` (Huang et al.
+    2021's carotid protocol cuts TOF from 112x64x64 to 96x56x64). The crop draws no random numbers, so the subjects
+    are those of the same seed without it; ``fields/`` stays on the full grid (evaluation reads the offset from the
+    affines, :mod:`regbench.placement`).
     """
     t_start = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -373,6 +419,10 @@ def build_demo(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Data
 
     tpl = _prepare_template(raw_dir, p)
     aff, shape = tpl["affine"], tpl["shape"]
+    box = crop_box(p, tuple(shape))
+    if box is not None:
+        crop_aff = aff @ np.block([[np.eye(3), np.asarray(box[0], float)[:, None]], [np.zeros((1, 3)), np.ones((1, 1))]])
+        cut = tuple(slice(o, o + c) for o, c in zip(*box))
     save_image(out_dir / "template" / "t1.nii.gz", tpl["t1"], aff, dtype=np.float32)
     save_image(out_dir / "template" / "t2.nii.gz", tpl["t2"], aff, dtype=np.float32)
     save_image(out_dir / "template" / "seg.nii.gz", tpl["seg"], aff, dtype=np.uint8)
@@ -405,6 +455,11 @@ def build_demo(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Data
         save_image(out_dir / rel["t2"], t2, aff, dtype=np.float32)
         save_image(out_dir / rel["seg"], seg, aff, dtype=np.uint8)
         save_ddf(out_dir / rel["ddf"], u, aff)
+        if box is not None:
+            for key, arr, folder, dt in (("t1", t1, "images", np.float32), ("t2", t2, "images", np.float32),
+                                         ("seg", seg, "labels", np.uint8)):
+                rel[f"{key}_crop"] = f"{folder}/{case}_{key}_crop.nii.gz"
+                save_image(out_dir / rel[f"{key}_crop"], np.ascontiguousarray(arr[cut]), crop_aff, dtype=dt)
         split = "train" if i < n - nt else "test"
         rows.append({"case": case, "split": split, **rel, "spacing_mm": "x".join([f"{s:.1f}"] * 3)})
         case_info[case] = {
@@ -416,7 +471,10 @@ def build_demo(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Data
             "gamma_t2": aug2["gamma"],
         }
 
-    df = pd.DataFrame(rows, columns=["case", "split", "t1", "t2", "seg", "ddf", "spacing_mm"])
+    columns = ["case", "split", "t1", "t2", "seg", "ddf", "spacing_mm"]
+    if box is not None:
+        columns += ["t1_crop", "t2_crop", "seg_crop"]
+    df = pd.DataFrame(rows, columns=columns)
     _write_tsv(out_dir / "cases.tsv", df)
 
     pair_rows = []
@@ -448,6 +506,8 @@ def build_demo(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Data
             "licence": ICBM_NOTICE,
         },
         "shape": list(shape),
+        **({"moving_crop": {"offset": list(box[0]), "shape": list(box[1]), "columns": ["t1_crop", "t2_crop", "seg_crop"],
+                            "affine": np.asarray(crop_aff).round(6).tolist()}} if box is not None else {}),
         "spacing_mm": [s, s, s],
         "affine": np.asarray(aff).round(6).tolist(),
         "labels": {str(k): v for k, v in LABELS.items()},

@@ -433,9 +433,16 @@ class Huang2021Siamese(nn.Module):
     ``moving_padded(x + ddf(x))`` and ``moving_pad`` (per axis ``(before, after)`` voxels; loss terms use it to
     place moving label maps on the fixed grid).
 
+    ``accepts_cross_size = True`` tells the register stage (:mod:`regbench.register`) and ``register-images`` that the
+    model takes a moving image on another grid and returns its placement; they warp the moving image and its labels
+    after padding them the same way (``moving_pad``), and record the placement (:mod:`regbench.placement`).
+
     Raises:
         ValueError: a moving size above the fixed one, sizes not divisible by 8, batch or channel mismatch.
     """
+
+    #: the model registers cross-size pairs and returns ``moving_pad`` (read by the register stage)
+    accepts_cross_size = True
 
     def __init__(self, ndim: int = 3, arch: str = "unet", padding: str = "symmetric", shared: bool = True,
                  widths: Sequence[int] | None = None, norm: str = "batch", in_channels: int = 1):
