@@ -72,6 +72,18 @@ def write_mmwhs(root: Path, n_ct: int = 5, n_mr: int = 6) -> Path:
     return root
 
 
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """GDCM's DICOM writer (the fixtures) leaves the C locale at "C": put it back after every test so that the
+    rest of the suite keeps UTF-8 as the default text encoding (regbench.utils.keeps_locale guards the readers)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
+
+
 @pytest.fixture(scope="module")
 def mmwhs_raw(tmp_path_factory) -> Path:
     return write_mmwhs(tmp_path_factory.mktemp("mmwhs") / "raw")
@@ -219,7 +231,9 @@ def write_chaos(top: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def chaos_raw(tmp_path_factory) -> Path:
-    return write_chaos(tmp_path_factory.mktemp("chaos") / "raw")
+    from regbench.utils import keeps_locale  # GDCM's DICOM writer leaves the C locale at "C" (see keeps_locale)
+
+    return keeps_locale(write_chaos)(tmp_path_factory.mktemp("chaos") / "raw")
 
 
 def _train_sets(raw: Path) -> Path:

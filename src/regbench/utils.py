@@ -112,3 +112,24 @@ def select_device(preference: str = "auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {preference!r} requested but torch.cuda.is_available() is False")
     return dev
+
+
+def keeps_locale(func):
+    """Decorator: restore the process locale (all categories) after ``func``, whatever it did.
+
+    GDCM (SimpleITK's DICOM I/O) switches the C locale to ``"C"`` while it formats numbers and does not always put
+    the original back; Python's default text encoding then falls to ASCII for the rest of the process, and later
+    reads of UTF-8 files (configs with "±") fail. Used on the DICOM readers (:mod:`regbench.datasets.ding_prep`).
+    """
+    import functools
+    import locale
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            locale.setlocale(locale.LC_ALL, saved)
+
+    return wrapper

@@ -115,7 +115,7 @@ import pandas as pd
 
 from ..errors import ConfigError, DataError
 from ..io import save_image
-from ..utils import atomic_path, get_logger, staging_dir
+from ..utils import atomic_path, get_logger, keeps_locale, staging_dir
 from . import brain_prep as bp
 from .brain import _commit_dir, _natural, _walk, _write_tsv
 from .fetch import read_fetch_record
@@ -426,6 +426,7 @@ def _tag(reader, key: str, path: Path, what: str, n: int | None = None) -> str |
     return out
 
 
+@keeps_locale
 def scan_dicom_series(folder: str | Path, tolerance: float = 0.1) -> DicomSeries:
     """Read the headers of every ``*.dcm`` in ``folder``, check them as one series and order its slices
     (module docstring, "DICOM series"). No pixel data are read.
@@ -1028,6 +1029,7 @@ def _mmwhs_reader(p: dict) -> _Reader:
     return _Reader("mmwhs", labels, image, MMWHS_LABELS)
 
 
+@keeps_locale
 def build_mmwhs(raw_dir: str | Path, out_dir: str | Path, params: dict | None, seed: int, dataset: str = "mmwhs2017"
                 ) -> pd.DataFrame:
     """Prepare MM-WHS 2017 for MR -> CT registration (``regbench preprocess`` kind ``mmwhs``; module docstring).
@@ -1077,6 +1079,7 @@ def _chaos_reader(p: dict) -> _Reader:
     return _Reader("chaos", labels, image, CHAOS_LABELS)
 
 
+@keeps_locale
 def build_chaos(raw_dir: str | Path, out_dir: str | Path, params: dict | None, seed: int, dataset: str = "chaos"
                 ) -> pd.DataFrame:
     """Prepare CHAOS 2019 for MR -> CT liver registration (``regbench preprocess`` kind ``chaos``; module docstring).

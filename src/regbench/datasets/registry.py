@@ -72,7 +72,7 @@ def load_yaml(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: file not found") from e
     except OSError as e:

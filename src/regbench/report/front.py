@@ -68,7 +68,7 @@ def protocol_of(found: Path, results: Path) -> str:
     prov = found.parent / "provenance.json"
     scale: dict[str, Any] = {}
     if prov.is_file():
-        scale = json.loads(prov.read_text()).get("scale") or {}
+        scale = json.loads(prov.read_text(encoding="utf-8")).get("scale") or {}
     knobs = {k: v for k, v in scale.items() if k not in _NOT_KNOBS and v not in (None, {}, [])}
     text = ", ".join(f"{k}={_short(v)}" for k, v in knobs.items())
     if "demo" in found.relative_to(results).parts[:-1]:
