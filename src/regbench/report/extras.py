@@ -889,6 +889,28 @@ def _method_colors(n: int) -> list:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _panel_inputs(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root: Path, prep_root: Path, where: str):
+    """What a panel figure (``difference``, ``qualitative``) reads: ``(dataset, dataset config, fold, {display
+    name: registration folder}, the subset of those with a ``pairs.tsv``, cases.tsv)``, or ``None`` with a warning
+    when ``cases.tsv`` or every method's folder is absent (the committed figure is then kept)."""
+    dataset = str(spec.get("dataset") or evaluated_datasets(exp)[0])
+    dcfg = exp["datasets"][dataset]
+    fold = spec.get("fold", dcfg["folds"][0])
+    ids = [str(m) for m in spec["methods"]]
+    if spec.get("labels"):
+        names = [str(x) for x in spec["labels"]]
+    else:
+        names = tables._display_index(ids, {m: str((exp["methods"].get(m) or {}).get("name", m)) for m in ids})
+    dirs = {n: Path(reg_root) / dataset / m / f"fold{fold}" for n, m in zip(names, ids)}
+    present = {n: d for n, d in dirs.items() if (d / "pairs.tsv").is_file()}
+    cases = Path(prep_root) / dataset / "cases.tsv"
+    if not present or not cases.is_file():
+        log.warning("%s: registration outputs under %s or %s are absent; keeping the existing figure",
+                    where, Path(reg_root) / dataset, cases)
+        return None
+    return dataset, dcfg, fold, dirs, present, cases
+
+
 def qualitative_figure(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root: Path, prep_root: Path,
                        out_dir: Path, where: str = "report.figures") -> list[Path]:
     """A named qualitative panel (``kind: qualitative``; e.g. Ding et al. 2021, Fig. 2): the layout of
@@ -904,19 +926,10 @@ def qualitative_figure(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root
     """
     from . import figures
 
-    dataset = str(spec.get("dataset") or evaluated_datasets(exp)[0])
-    dcfg = exp["datasets"][dataset]
-    fold = spec.get("fold", dcfg["folds"][0])
-    ids = [str(m) for m in spec["methods"]]
-    names = [str(x) for x in spec["labels"]] if spec.get("labels") else \
-        tables._display_index(ids, {m: str((exp["methods"].get(m) or {}).get("name", m)) for m in ids})
-    dirs = {n: Path(reg_root) / dataset / m / f"fold{fold}" for n, m in zip(names, ids)}
-    present = {n: d for n, d in dirs.items() if (d / "pairs.tsv").is_file()}
-    cases = Path(prep_root) / dataset / "cases.tsv"
-    if not present or not cases.is_file():
-        log.warning("%s: registration outputs under %s or %s are absent; keeping the existing figure",
-                    where, Path(reg_root) / dataset, cases)
+    found = _panel_inputs(spec, exp, reg_root, prep_root, where)
+    if found is None:
         return []
+    dataset, dcfg, fold, _, present, cases = found
     pair = spec.get("pair") or (exp.get("report") or {}).get("qualitative_pair")
     return list(figures.qualitative_from_dirs(
         cases, present, str(pair) if pair else None, dcfg["modality"], Path(out_dir) / spec["name"],
@@ -940,22 +953,10 @@ def difference_figure(spec: Mapping[str, Any], exp: Mapping[str, Any], reg_root:
     """
     from . import figures
 
-    ds_cfg = exp["datasets"]
-    dataset = str(spec.get("dataset") or evaluated_datasets(exp)[0])
-    dcfg = ds_cfg[dataset]
-    fold = spec.get("fold", dcfg["folds"][0])
-    ids = [str(m) for m in spec["methods"]]
-    if spec.get("labels"):
-        names = [str(x) for x in spec["labels"]]
-    else:
-        names = tables._display_index(ids, {m: str((exp["methods"].get(m) or {}).get("name", m)) for m in ids})
-    dirs = {n: Path(reg_root) / dataset / m / f"fold{fold}" for n, m in zip(names, ids)}
-    present = {n: d for n, d in dirs.items() if (d / "pairs.tsv").is_file()}
-    cases = Path(prep_root) / dataset / "cases.tsv"
-    if not present or not cases.is_file():
-        log.warning("%s: registration outputs under %s or %s are absent; keeping the existing figure",
-                    where, Path(reg_root) / dataset, cases)
+    found = _panel_inputs(spec, exp, reg_root, prep_root, where)
+    if found is None:
         return None
+    dataset, dcfg, fold, dirs, present, cases = found
     absent = [n for n in dirs if n not in present]
     if absent:
         log.warning("%s: no registration outputs of %s under %s; their panels are n/a", where, absent, reg_root)
