@@ -289,3 +289,18 @@ def test_qualitative_from_dirs(tmp_path, monkeypatch, caplog):
     assert any("has no pair" in r.message for r in caplog.records)
     with pytest.raises(DataError, match="p42"):
         qualitative_from_dirs(data / "cases.tsv", {"A": reg}, "p42", "t1", tmp_path / "fig" / "q2")
+
+
+def test_paired_ttest_matches_scipy(many_pairs):
+    """paired_test="ttest" gives scipy's ttest_rel p on the matched per-pair DSC (Cai et al. report t-tests)."""
+    from scipy.stats import ttest_rel
+
+    pp = per_pair(many_pairs)
+    disp, num = summary_table(pp, ["dsc"], reference="ref", paired_test="ttest", return_numeric=True)
+    x = pp[pp.method == "new"].set_index("pair_id")["dsc"]
+    y = pp[pp.method == "ref"].set_index("pair_id")["dsc"].loc[x.index]
+    assert num.loc["new", "p_ttest_vs_ref"] == pytest.approx(ttest_rel(x.to_numpy(), y.to_numpy()).pvalue)
+    assert "p_wilcoxon_vs_ref" not in num.columns
+    assert any(c.startswith("p vs Reference (paired t-test") for c in disp.columns)
+    with pytest.raises(ValueError, match="unknown paired test"):
+        summary_table(pp, ["dsc"], reference="ref", paired_test="anova")

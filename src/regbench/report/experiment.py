@@ -4,7 +4,7 @@ table, box plots and a qualitative panel, each with the run's provenance and sca
 Files (names fixed; the Snakemake ``report`` rule lists them):
 
 * ``table.{md,csv,tex}``: method x metric, mean ± std over test pairs (folds pooled per dataset), ``n_pairs``,
-  a paired Wilcoxon test of each method against ``report.reference`` on per-pair DSC, and the paper's value
+  a paired test (``report.paired_test``: Wilcoxon by default, or a paired t-test) of each method against ``report.reference`` on per-pair DSC, and the paper's value
   beside ours where ``report.paper_values`` has one;
 * ``table_dsc_per_label.{md,csv,tex}``: DSC per anatomical label;
 * ``fig_boxplots.{png,pdf}``: per-pair distributions of the report metrics;
@@ -90,7 +90,8 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     summaries, per_label = [], []
     for dataset, sub in main_pairs.groupby("dataset", sort=False):
         t = tables.summary_table(sub, rep["metrics"], method_order=order, reference=rep.get("reference"),
-                                 paper_values=(rep.get("paper_values") or {}).get(dataset))
+                                 paper_values=(rep.get("paper_values") or {}).get(dataset),
+                                 paired_test=rep.get("paired_test") or "wilcoxon")
         summaries.append((dataset, t))
         per_label.append((dataset, tables.per_label_table(main_df[main_df["dataset"] == dataset], "dsc",
                                                           method_order=order)))

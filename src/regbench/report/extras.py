@@ -148,7 +148,7 @@ _TABLE_COMMON = {"name", "title", "metrics", "paper_values"}
 #: Keys a table may have, by form (``auxiliary`` or its ``columns``).
 TABLE_KEYS = {
     "auxiliary": _TABLE_COMMON | {"auxiliary"},
-    "metrics": _TABLE_COMMON | {"methods", "reference", "columns"},
+    "metrics": _TABLE_COMMON | {"methods", "reference", "paired_test", "columns"},
     "labels": _TABLE_COMMON | {"methods", "columns", "dataset", "label_names", "layout", "percent", "bold_best"},
     "datasets": _TABLE_COMMON | {"methods", "columns", "datasets", "percent", "bold_best"},
 }
@@ -453,12 +453,14 @@ def _resolve(where: str, df: pd.DataFrame, metric: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def method_table(spec: Mapping[str, Any], pairs: pd.DataFrame, where: str = "report.tables") -> pd.DataFrame:
+def method_table(spec: Mapping[str, Any], pairs: pd.DataFrame, where: str = "report.tables",
+                 paired_test: str = "wilcoxon") -> pd.DataFrame:
     """Registration-method table (paper Table 4): the main table restricted to ``spec["methods"]``.
 
     Per dataset (first-appearance order) :func:`tables.summary_table` of the listed methods present there,
-    in the listed order, with ``paper_values[dataset]`` and the Wilcoxon test vs ``spec["reference"]``
-    (skipped, with a warning, in a dataset without the reference); stacked by
+    in the listed order, with ``paper_values[dataset]`` and the paired test (``spec["paired_test"]``, else
+    ``paired_test``: ``wilcoxon`` or ``ttest``) vs ``spec["reference"]`` (skipped, with a warning, in a
+    dataset without the reference); stacked by
     :func:`tables.combine_datasets`.
 
     Raises:
@@ -478,7 +480,8 @@ def method_table(spec: Mapping[str, Any], pairs: pd.DataFrame, where: str = "rep
             log.warning("%s: reference %r has no rows in dataset %r; no p-values there", where, ref, dataset)
         try:
             t = tables.summary_table(d, spec["metrics"], method_order=here, reference=r,
-                                     paper_values=paper.get(dataset))
+                                     paper_values=paper.get(dataset),
+                                     paired_test=spec.get("paired_test") or paired_test)
         except KeyError as exc:
             raise ConfigError(f"{where}: dataset {dataset!r}: {exc.args[0]}") from exc
         items.append((dataset, t))
@@ -1030,7 +1033,8 @@ def render_extras(
             table = dataset_table(t, pairs, where)
             tnotes = _table_notes(t, table, notes)
         elif "methods" in t:
-            table, tnotes = method_table(t, pairs, where), notes
+            table = method_table(t, pairs, where, paired_test=(exp.get("report") or {}).get("paired_test") or "wilcoxon")
+            tnotes = notes
         else:
             table = auxiliary_table(t, aux, where)
             tnotes = [n for n in notes if n != tables.PAIR_STATS_NOTE] + [tables.AUX_STATS_NOTE]

@@ -27,10 +27,11 @@ Statistics conventions (stated once, used everywhere):
   undefined: the cell shows the mean alone and the CSV has ``std`` = NaN.
 * NaN values (e.g. a distance for a label absent from a pair) are skipped, so ``{metric}_n`` in the CSV may
   be smaller than ``n_pairs``.
-* Paired tests: two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults:
-  ``zero_method="wilcox"``, ``method="auto"``) of each method against a reference on per-pair DSC, pairs
-  matched on ``(dataset, fold, pair_id)``, pairs with a NaN on either side dropped. No correction for
-  multiple comparisons is applied.
+* Paired tests: by default the two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults:
+  ``zero_method="wilcox"``, ``method="auto"``); ``paired_test="ttest"`` gives the two-sided paired t-test
+  (``scipy.stats.ttest_rel``; Cai et al. 2023 report paired t-tests). Each method is tested against a
+  reference on per-pair DSC, pairs matched on ``(dataset, fold, pair_id)``, pairs with a NaN on either side
+  dropped. No correction for multiple comparisons is applied.
 """
 
 from __future__ import annotations
@@ -469,17 +470,32 @@ def _paper_lookup(paper_values: Mapping[str, Mapping[str, Any]], mid: str, name:
     return None
 
 
-def _wilcoxon_p(x: np.ndarray, y: np.ndarray, min_pairs: int) -> float:
-    from scipy.stats import wilcoxon
+#: Paired tests of :func:`summary_table`: config name -> the name printed in the p column's header.
+PAIRED_TESTS = {"wilcoxon": "Wilcoxon", "ttest": "paired t-test"}
 
+
+def _paired_p(x: np.ndarray, y: np.ndarray, min_pairs: int, test: str = "wilcoxon") -> float:
+    """Two-sided p of the paired ``test`` (:data:`PAIRED_TESTS`) of ``x`` vs ``y`` (1-D, same length).
+
+    NaN for fewer than ``min_pairs`` pairs or when every difference is zero. Raises ValueError for an
+    unknown ``test``."""
+    from scipy.stats import ttest_rel, wilcoxon
+
+    if test not in PAIRED_TESTS:
+        raise ValueError(f"unknown paired test {test!r}; use one of {sorted(PAIRED_TESTS)}")
     if len(x) < min_pairs or not np.any(x - y != 0):
         return math.nan
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(wilcoxon(x, y).pvalue)
+            res = wilcoxon(x, y) if test == "wilcoxon" else ttest_rel(x, y)
+            return float(res.pvalue)
     except ValueError:
         return math.nan
+
+
+def _wilcoxon_p(x: np.ndarray, y: np.ndarray, min_pairs: int) -> float:
+    return _paired_p(x, y, min_pairs, "wilcoxon")
 
 
 def _fmt_p(p: float) -> str:
@@ -497,6 +513,7 @@ def summary_table(
     *,
     test_metric: str = "dsc",
     min_pairs: int = 5,
+    paired_test: str = "wilcoxon",
     return_numeric: bool = False,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Per-method summary: ``mean ± std`` over pairs for each metric, ``n_pairs`` and optional p-values.
@@ -518,6 +535,8 @@ def summary_table(
             with at least one paper value gets two columns, ``"<metric> (paper)"`` then ``"<metric> (ours)"``;
             ``—`` where the paper has no value for a method.
         test_metric: metric column for the paired test (default ``dsc``).
+        paired_test: ``wilcoxon`` (default) or ``ttest`` (two-sided paired t-test, ``scipy.stats.ttest_rel``);
+            the p column then reads ``"p vs <name> (paired t-test, DSC)"`` and the CSV ``p_ttest_vs_<ref>``.
         min_pairs: smallest number of matched pairs for which a p-value is reported.
         return_numeric: also return the numeric frame (see below) as a second value.
 
@@ -533,8 +552,10 @@ def summary_table(
     Raises:
         DataError: ``df_pairs`` is empty or lacks the ``method`` column.
         KeyError: a metric column is missing.
-        ValueError: ``reference`` is not a method of ``df_pairs``.
+        ValueError: ``reference`` is not a method of ``df_pairs``, or ``paired_test`` is unknown.
     """
+    if paired_test not in PAIRED_TESTS:
+        raise ValueError(f"unknown paired test {paired_test!r}; use one of {sorted(PAIRED_TESTS)}")
     if df_pairs is None or df_pairs.empty:
         raise DataError("summary_table: no per-pair rows")
     if "method" not in df_pairs.columns:
@@ -602,11 +623,11 @@ def summary_table(
             npaired.append(len(j))
             if len(j) < min_pairs:
                 log.warning("summary_table: %s vs %s: only %d matched pairs (< %d); no p-value", m, ref, len(j), min_pairs)
-            ps.append(_wilcoxon_p(x, y, min_pairs))
+            ps.append(_paired_p(x, y, min_pairs, paired_test))
         label = metric_info(tcol).label
-        pcol = f"p vs {names[ref]} (Wilcoxon, {label})"
+        pcol = f"p vs {names[ref]} ({PAIRED_TESTS[paired_test]}, {label})"
         display[pcol] = ["(ref.)" if m == ref else _fmt_p(p) for m, p in zip(methods, ps)]
-        numeric[f"p_wilcoxon_vs_{ref}"] = ps
+        numeric[f"p_{paired_test}_vs_{ref}"] = ps
         numeric[f"n_paired_vs_{ref}"] = npaired
 
     display.attrs["numeric"] = numeric.to_dict(orient="tight")
