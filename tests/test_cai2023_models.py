@@ -261,3 +261,35 @@ def test_multiscale_terms_read_scales():
     total.backward()
     grads = [p.grad for p in m.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("mode", ["cr", "mcr"])
+def test_checkpointed_cascade_gives_the_same_values_and_gradients(mode):
+    """checkpoint=True recomputes each sub-network in the backward pass: outputs and every parameter gradient
+    equal the plain cascade's (same weights), and it saves fewer tensors for the backward pass."""
+    moving, fixed = _pair((16, 16, 16), seed=3)
+    params = {"widths": (8, 8, 12, 12, 16), "pim_channels": 4}
+    torch.manual_seed(0)
+    plain = build_model("cai2023", 3, base="drnet", stages=2, mode=mode, base_params=params)
+    ckpt = build_model("cai2023", 3, base="drnet", stages=2, mode=mode, base_params=params, checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    with torch.no_grad():  # leave the identity so that the second stage sees a warped image
+        for p in plain.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    ckpt.load_state_dict(plain.state_dict())
+
+    def run(model):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = model(moving, fixed)
+            loss = ((out["warped"] - fixed) ** 2).mean() + out["flow"].pow(2).mean()
+        loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, sum(saved)
+
+    out_p, g_p, saved_p = run(plain)
+    out_c, g_c, saved_c = run(ckpt)
+    assert torch.allclose(out_p["ddf"], out_c["ddf"], atol=1e-6)
+    assert g_p.keys() == g_c.keys() and len(g_p) > 0
+    for n in g_p:
+        assert torch.allclose(g_p[n], g_c[n], rtol=1e-4, atol=1e-7), n
+    assert saved_c < saved_p / 2

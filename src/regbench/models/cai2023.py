@@ -470,6 +470,12 @@ class Cai2023Cascade(nn.Module):
         base_params: keyword arguments of the base network (e.g. DR-Net's ablation switches, ``widths``).
         affine_only: return the affine stem's result alone (``ddf`` = ``affine_ddf``); changes no weights.
         in_channels: channels per image.
+        checkpoint: activation checkpointing of each deformable sub-network in training
+            (``torch.utils.checkpoint``, non-reentrant): the same values and gradients, but a sub-network's
+            activations are recomputed in the backward pass instead of held through it, so the training peak
+            holds one sub-network's activations instead of all of them (engineering, not in the paper:
+            bench/bench_cai2023.py gives the figures for a 3-stage cascade at 128^3). No effect in eval mode or
+            under ``torch.no_grad()``; changes no weights.
 
     Forward ``moving``, ``fixed``: ``(B, C, *s)`` on one grid, ``s`` divisible by the base's multiple (16;
     VTN 64). Raises ValueError for an unknown base or mode, ``stages < 1``, or a bad input grid.
@@ -477,8 +483,9 @@ class Cai2023Cascade(nn.Module):
 
     def __init__(self, ndim: int = 3, base: str = "drnet", stages: int = 1, mode: str = "cr", affine: bool = False,
                  image_size: Any = None, base_params: dict | None = None, affine_only: bool = False,
-                 in_channels: int = 1):
+                 in_channels: int = 1, checkpoint: bool = False):
         super().__init__()
+        self.checkpoint = bool(checkpoint)
         if base not in BASES:
             raise ValueError(f"unknown base network {base!r}; use one of {sorted(BASES)}")
         if mode not in ("cr", "mcr"):
@@ -504,6 +511,15 @@ class Cai2023Cascade(nn.Module):
                     _bilinear_upconv_(conv, ndim)
         else:
             self.acc_up = None
+
+    def _subnet(self, net: nn.Module, x: torch.Tensor):
+        """``net.flow(x)`` (CR) or ``net.multiscale(x)`` (MCR), checkpointed when asked and training."""
+        fn = net.flow if self.mode == "cr" else net.multiscale
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
 
     def _accumulate(self, n: int, fields: list[torch.Tensor]) -> list[torch.Tensor]:
         """Eq. 4: ``phi^a_{l2} = phi_{l2}``, ``phi^a_{l_k} = phi_{l_k} + up(phi^a_{l_{k-1}})``."""
@@ -533,11 +549,11 @@ class Cai2023Cascade(nn.Module):
         for n, net in enumerate(self.subnets):
             x = torch.cat([current, fixed], 1)
             if self.mode == "cr":
-                own = net.flow(x)
+                own = self._subnet(net, x)
                 coop = own if coop is None else spatial.compose(coop, own)
                 full = coop
             else:
-                acc = self._accumulate(n, net.multiscale(x))
+                acc = self._accumulate(n, self._subnet(net, x))
                 own = acc[-1]
                 coop = acc if coop is None else [spatial.compose(c, a) for c, a in zip(coop, acc)]  # Eq. 5
                 full = coop[-1]
