@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 CONFIG = ["--configfile", "config/recovery.yaml"]
 RUN = ["--cores", "2", "--resources", "gpu=1"]
-TRAIN_DIR = Path("work/recovery/models/demo/voxelmorph/fold0")
+TRAIN_DIR = Path("work/recovery/models/demo/voxelmorph/fold0")  # the experiment's link to the store run
 METRICS = [Path(f"results/recovery/metrics/demo/{m}/fold0.tsv") for m in ("voxelmorph",)]
 
 pytestmark = pytest.mark.slow
@@ -54,10 +54,10 @@ def test_kill_during_training_unlock_rerun_gives_the_same_metrics(tmp_path):
     log = open(tmp_path / "crashed.log", "w")
     proc = subprocess.Popen([SNAKEMAKE, *(str(m) for m in METRICS), *RUN, *CONFIG], cwd=crashed, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    ckpt, model = crashed / TRAIN_DIR / "checkpoint.pt", crashed / TRAIN_DIR / "model.pt"
+    store = crashed / "work" / "models"  # the network trains in work/models/<key>/ (regbench.store)
     deadline = time.time() + 600
     try:
-        while not ckpt.exists():  # training has written its first checkpoint
+        while not list(store.glob("*/checkpoint.pt")):  # training has written its first checkpoint
             assert proc.poll() is None, ("the run ended before training checkpointed:\n"
                                          + (tmp_path / "crashed.log").read_text()[-3000:])
             assert time.time() < deadline, "no checkpoint within 10 minutes"
@@ -66,7 +66,8 @@ def test_kill_during_training_unlock_rerun_gives_the_same_metrics(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the training job, at once
         proc.wait()
         log.close()
-    assert not model.exists(), "training finished before the kill: raise max_train_steps in tests/configs/recovery.yaml"
+    assert not list(store.glob("*/steps*/model.pt")), \
+        "training finished before the kill: raise max_train_steps in tests/configs/recovery.yaml"
     assert (crashed / ".snakemake" / "locks").is_dir() and any((crashed / ".snakemake" / "locks").iterdir())
 
     r = _snakemake([*RUN, *CONFIG], crashed)  # a plain rerun refuses: the directory is locked
@@ -76,7 +77,8 @@ def test_kill_during_training_unlock_rerun_gives_the_same_metrics(tmp_path):
     r = _snakemake([*(str(m) for m in METRICS), *RUN, *CONFIG, "--rerun-incomplete"], crashed)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
-    train_log = (crashed / "logs/recovery/train/demo/voxelmorph/fold0.log").read_text()
+    (log_path,) = (crashed / "logs" / "models").glob("*/steps*.log")
+    train_log = log_path.read_text()
     assert "resuming from step" in train_log, train_log[-2000:]
 
     for a, b in zip(_metrics(crashed), _metrics(clean)):

@@ -1,6 +1,7 @@
 """The Snakemake workflow: the full DAG builds offline, the lint is clean, and (slow) the pipeline runs
 end to end on a small config and is then up to date."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,12 @@ def test_he2022_training_waits_for_its_auxiliary_networks():
              "--printshellcmds", target])
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "--attention work/he2022/aux/jsrt/seg_contour/fold0/model.pt" in out
-    assert "--component autoencoder=work/he2022/aux/jsrt/ae_contour/fold0/model.pt" in out
+    # the training job reads its frozen networks from the store; the experiment sees its network through a link
+    assert re.search(r"regbench train --prep data/prep/he2022/jsrt --out work/models/[0-9a-f]{12}/steps300 "
+                     r"--run-dir work/models/[0-9a-f]{12} --fold 0 --attention work/aux/[0-9a-f]{12}/steps300/model.pt "
+                     r"--component autoencoder=work/aux/[0-9a-f]{12}/steps300/model.pt", out), out[-3000:]
+    assert re.search(r"regbench link-run --src work/models/[0-9a-f]{12}/steps300 --dst work/he2022/models/jsrt/he2022/fold0",
+                     out)
     assert "train_aux" in out and "seg_ce" not in out  # only the networks this method uses
 
 
@@ -105,7 +110,7 @@ def test_cai2023_trains_on_its_training_only_set_and_tests_elsewhere():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     w = "work/cai2023_full"
-    assert f"--out {w}/models/bfh/drnet_l/fold0" in out
+    assert f"--dst {w}/models/bfh/drnet_l/fold0" in out
     assert f"--model {w}/models/bfh/drnet_l/fold0/model.pt" in out and f"{w}/reg/lits/drnet_l/fold0" in out
     assert f"{w}/reg/bfh/" not in out and "results/cai2023_full/metrics/bfh/" not in out
 
@@ -141,7 +146,30 @@ def test_ding2021_chaos_tasks_share_one_download():
     assert "--raw data/raw/chaos --out data/prep/ding2021/chaos_t2" in out
     assert '"moving": "t1dual_inphase"' in out and '"moving": "t2spir"' in out
     for d in ("chaos_t1", "chaos_t2"):
-        assert f"--out work/ding2021/models/{d}/mmregnet_chaos/fold3" in out
+        assert f"--dst work/ding2021/models/{d}/mmregnet_chaos/fold3" in out
         assert f"work/ding2021/models/{d}/mmregnet/" not in out
-    assert "--out work/ding2021/models/mmwhs/mmregnet/fold0" in out
+    assert "--dst work/ding2021/models/mmwhs/mmregnet/fold0" in out
     assert "work/ding2021/models/mmwhs/mmregnet_chaos/" not in out
+
+
+def test_variants_that_share_a_network_train_it_once():
+    """he2022/studies/clip_allpairs evaluates the clipped Montgomery networks of he2022/studies/clip on all test
+    pairs: in one DAG the two experiments share one train job per network (two links), and
+    he2022/studies/clip_8000 continues the clipped 4000-step run (its train job resumes from it: same run folder,
+    the 4000-step model among its inputs)."""
+    cfg = ["--configfile", "config/config.yaml"]
+    targets = [f"work/he2022/studies/{s}/models/montgomery/he2022/fold0/model.pt"
+               for s in ("clip", "clip_allpairs", "clip_8000")]
+    r = run(["-n", "--nolock", "--forceall", *cfg, "--printshellcmds", *targets])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(train|link_model)\s+(\d+)\s*$", out, flags=re.M))
+    assert counts == {"train": "2", "link_model": "3"}, out[-3000:]  # three experiments, two networks
+    trains = set(re.findall(r"regbench train --prep \S+ --out work/models/([0-9a-f]{12})/(steps\d+) "
+                            r"--run-dir work/models/([0-9a-f]{12})", out))
+    by_study = {study: src for src, study in re.findall(r"link-run --src work/models/([0-9a-f]{12}/steps\d+) --dst "
+                                                         r"work/he2022/studies/(\w+)/models/montgomery/he2022/fold0", out)}
+    assert by_study["clip"] == by_study["clip_allpairs"] and by_study["clip"].endswith("/steps4000")
+    key = by_study["clip"].split("/")[0]
+    assert by_study["clip_8000"] == f"{key}/steps8000"
+    assert sum(1 for k, b, _ in trains if k == key) == 2  # steps4000 and steps8000 of one run folder

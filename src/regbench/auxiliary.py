@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import losses as L
 from . import metrics, spatial
 from .data import PreparedDataset
-from .engine import run_training_loop, training_schedule
+from .engine import run_folder, run_training_loop, training_schedule, write_budget_log
 from .errors import ConfigError
 from .provenance import config_hash
 from .utils import (
@@ -183,6 +183,7 @@ def train_auxiliary(
     labels: list[int],
     device: str = "auto",
     max_steps: int | None = None,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Train one auxiliary network on the training cases of ``fold``; return ``out_dir/model.pt``.
 
@@ -195,6 +196,8 @@ def train_auxiliary(
         labels: foreground label values; all of them form the segmenter's foreground class, and the
             auto-encoder's classes are ``[0, *labels]``.
         max_steps: scale knob capping ``train.steps``.
+        run_dir: folder of ``checkpoint.pt`` shared by the step budgets of this network (default ``out_dir``;
+            as in :func:`regbench.train.train`).
 
     Writes ``checkpoint.pt`` / ``train_log.tsv`` (resumable), ``model.pt`` (weights, kind, parameters, training
     image size, labels, spec hash) and ``train_info.json``.
@@ -235,8 +238,12 @@ def train_auxiliary(
         value = loss(logits, target)
         return value, {"ce_contour": float(value.detach())}
 
-    rows = run_training_loop(out_dir, model, opt, rng, spec_hash, steps, every, step_fn,
+    ckpt_dir = run_folder(run_dir or out_dir, out_dir, spec_hash, steps)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    rows = run_training_loop(ckpt_dir, model, opt, rng, spec_hash, steps, every, step_fn,
                              desc=f"train {aux.get('name', kind)} fold{fold}")
+    if ckpt_dir != out_dir:
+        write_budget_log(rows, steps, out_dir)
     model_path = out_dir / "model.pt"
     with atomic_path(model_path) as tmp:
         torch.save({"model": model.state_dict(), "kind": kind, "params": dict(aux.get("model_params", {})),
@@ -246,7 +253,7 @@ def train_auxiliary(
             "paper_steps": int(tcfg.get("steps", 1000)), "batch_size": batch, "n_train_cases": len(cases),
             "device": str(dev), "train_wall_s": rows[-1]["elapsed_s"] if rows else 0.0,
             "n_params": metrics.count_parameters(model), "final_loss": rows[-1]["loss"] if rows else None,
-            "spec_hash": spec_hash}
+            "spec_hash": spec_hash, "run_dir": str(ckpt_dir)}
     atomic_write_text(out_dir / "train_info.json", json.dumps(info, indent=2))
     log.info("trained auxiliary %s (%s) fold %d: %d steps in %.1f s", aux.get("name"), kind, fold, steps,
              info["train_wall_s"])

@@ -83,7 +83,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     train(a.prep, a.out, s["method"], int(a.fold), int(s["seed"]), s["modality"], [int(x) for x in s["labels"]],
           device=s.get("device", "auto"), max_steps=s.get("max_steps"), seg=s.get("seg", "seg"),
           attention_path=a.attention, autoencoder_path=a.autoencoder, components=_components(a.component),
-          moving_seg=s.get("moving_seg"))
+          moving_seg=s.get("moving_seg"), run_dir=a.run_dir)
 
 
 def _components(items: list[str] | None) -> dict[str, str]:
@@ -102,7 +102,14 @@ def cmd_train_aux(a: argparse.Namespace) -> None:
 
     s = _spec(a.spec)
     train_auxiliary(a.prep, a.out, s["aux"], int(a.fold), int(s["seed"]), s["modality"], s["seg"],
-                    [int(x) for x in s["labels"]], device=s.get("device", "auto"), max_steps=s.get("max_steps"))
+                    [int(x) for x in s["labels"]], device=s.get("device", "auto"), max_steps=s.get("max_steps"),
+                    run_dir=a.run_dir)
+
+
+def cmd_link_run(a: argparse.Namespace) -> None:
+    from .store import link_run
+
+    link_run(a.src, a.dst, a.name)
 
 
 def cmd_evaluate_aux(a: argparse.Namespace) -> None:
@@ -209,10 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
     s.add_argument("--component", action="append", default=None, metavar="ROLE=PATH",
                    help="a frozen pre-trained component read by loss terms (repeatable)")
+    s.add_argument("--run-dir", default=None,
+                   help="folder of checkpoint.pt shared by this network's step budgets (default: --out)")
     s = stage("register", cmd_register, "register the test pairs of one fold")
     s.add_argument("--model", default=None, help="model.pt of a learned method")
     s.add_argument("--attention", default=None, help="model.pt of the attention segmenter")
-    stage("train-aux", cmd_train_aux, "train an auxiliary network (segmenter, auto-encoder) on one fold")
+    s = stage("train-aux", cmd_train_aux, "train an auxiliary network (segmenter, auto-encoder) on one fold")
+    s.add_argument("--run-dir", default=None,
+                   help="folder of checkpoint.pt shared by this network's step budgets (default: --out)")
+    s = sub.add_parser("link-run", help="make a trained network of the store (work/models/<key>/<budget>) visible at "
+                                        "an experiment's path (hard links, its own train_info.json)")
+    s.add_argument("--src", required=True, help="the store folder: work/models/<key>/<budget>")
+    s.add_argument("--dst", required=True, help="the experiment's folder: work/<exp>/models/<dataset>/<method>/fold<k>")
+    s.add_argument("--name", default=None, help="the method (or auxiliary) name recorded in train_info.json")
+    s.set_defaults(func=cmd_link_run)
     s = stage("evaluate-aux", cmd_evaluate_aux, "score an auxiliary network on the test cases of one fold")
     s.add_argument("--model", required=True)
     s = stage("evaluate", cmd_evaluate, "metrics of one (dataset, method, fold)")

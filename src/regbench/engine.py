@@ -29,6 +29,10 @@ log = get_logger(__name__)
 
 #: ``train`` keys that do not change the optimisation path: left out of the resume spec hash.
 NON_PATH_KEYS = ("steps", "epochs", "checkpoint_every", "log_term_grad_norms")
+#: method / auxiliary keys that do not change the trained weights either: the table name, the datasets a method
+#: is registered on, the grid it predicts on at test time. Left out of the resume spec hash, so that experiments
+#: naming one network differently share its run (:mod:`regbench.store`).
+NON_WEIGHT_KEYS = ("name", "datasets", "inference_size")
 
 
 def paper_steps(tcfg: dict[str, Any], steps_per_epoch: int | None = None) -> int:
@@ -52,17 +56,44 @@ def training_schedule(block: dict[str, Any], max_steps: int | None,
     """``(train block, steps, resume spec)`` of a method or auxiliary config ``block``.
 
     ``steps`` is :func:`paper_steps` capped by the ``max_steps`` scale knob. The resume spec is the
-    block without ``train.steps``, ``train.checkpoint_every`` and ``train.log_term_grad_norms`` (none of them
-    changes the optimisation path): it goes into the checkpoint's spec hash, so raising the number of steps
-    resumes from the last checkpoint instead of starting afresh.
+    block without :data:`NON_WEIGHT_KEYS` and without ``train.steps``, ``train.epochs``,
+    ``train.checkpoint_every`` and ``train.log_term_grad_norms`` (none of them changes the optimisation path):
+    it goes into the checkpoint's spec hash, so raising the number of steps resumes from the last checkpoint
+    instead of starting afresh.
     """
     tcfg = dict(block.get("train", {}))
     steps = paper_steps(tcfg, steps_per_epoch)
     if max_steps is not None:
         steps = min(steps, int(max_steps))
-    resume = {k: v for k, v in block.items() if k != "train"}
+    resume = {k: v for k, v in block.items() if k != "train" and k not in NON_WEIGHT_KEYS}
     resume["train"] = {k: v for k, v in tcfg.items() if k not in NON_PATH_KEYS}
     return tcfg, steps, resume
+
+
+def run_folder(run_dir: str | Path, out_dir: str | Path, spec_hash: str, steps: int) -> Path:
+    """The folder whose ``checkpoint.pt`` a run of ``steps`` steps trains in.
+
+    ``run_dir`` is shared by every step budget of one network (:mod:`regbench.store`: ``work/models/<key>``), so
+    a longer budget resumes where a shorter one stopped. When its checkpoint (of this ``spec_hash``) is already
+    past ``steps`` -- a longer budget trained first -- its weights cannot give the shorter run, and this run
+    trains afresh in ``<out_dir>/run`` instead; the shared checkpoint is left as it is.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if run_dir != out_dir and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt.get("spec_hash") == spec_hash and int(ckpt.get("step", 0)) > steps:
+            log.warning("%s is at step %d, past the %d steps asked for: training this budget afresh in %s",
+                        ckpt_path, int(ckpt["step"]), steps, out_dir / "run")
+            return out_dir / "run"
+    return run_dir
+
+
+def write_budget_log(rows: list[dict[str, float]], steps: int, out_dir: Path) -> None:
+    """``out_dir/train_log.tsv``: the rows of a run up to ``steps`` (a budget's own log when its run folder is
+    shared with longer budgets)."""
+    with atomic_path(Path(out_dir) / "train_log.tsv") as tmp:
+        pd.DataFrame([r for r in rows if r["step"] <= steps]).to_csv(tmp, sep="\t", index=False)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from .augment import STREAM as AUG_STREAM
 from .augment import Augmentation
 from .auxiliary import attention_mask, load_auxiliary
 from .data import PreparedDataset
-from .engine import Player, paper_steps, run_training_loop, training_schedule
+from .engine import Player, paper_steps, run_folder, run_training_loop, training_schedule, write_budget_log
 from .errors import ConfigError
 from .metrics import count_parameters
 from .models import build_critic, build_model
@@ -150,6 +150,7 @@ def train(
     autoencoder_path: str | Path | None = None,
     components: dict[str, str | Path] | None = None,
     moving_seg: str | None = None,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Train ``method`` on the train pairs of ``fold``; return the path of ``model.pt``.
 
@@ -173,6 +174,10 @@ def train(
             loss terms read by role (e.g. the ``ae`` term's ``autoencoder``).
         moving_seg: ``cases.tsv`` column of the moving side's label maps when it is not ``seg`` (a cross-size
             moving image's labels on its own grid, e.g. ``seg_crop``).
+        run_dir: folder of ``checkpoint.pt`` when it is shared by several step budgets of this network (the
+            pipeline's ``work/models/<key>``, :mod:`regbench.store`; default ``out_dir``): a longer budget
+            resumes where a shorter one stopped (:func:`regbench.engine.run_folder`); ``out_dir`` then gets the
+            budget's own ``train_log.tsv``.
 
     ``train.augment`` (:mod:`regbench.augment`) augments every sampled pair; its random choices come from
     ``numpy.random.default_rng([seed, fold, step, augment.STREAM])``, independent of the pair sampling stream, so a
@@ -268,10 +273,14 @@ def train(
 
     players = [Player(role, module, copt, critic_step(cterms), clip)
                for role, (module, copt, cterms, clip) in critics.items()]
-    rows = run_training_loop(out_dir, model, opt, rng, spec_hash, steps, every, step_fn,
+    ckpt_dir = run_folder(run_dir or out_dir, out_dir, spec_hash, steps)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    rows = run_training_loop(ckpt_dir, model, opt, rng, spec_hash, steps, every, step_fn,
                              desc=f"train {method.get('name')} fold{fold}", clip_grad_norm=tcfg.get("clip_grad_norm"),
                              players=players, scheduler=scheduler, pass_step=True)
 
+    if ckpt_dir != out_dir:
+        write_budget_log(rows, steps, out_dir)
     n_params = count_parameters(model)
     model_path = out_dir / "model.pt"
     with atomic_path(model_path) as tmp:
@@ -285,7 +294,7 @@ def train(
         "paper_steps": paper_steps(tcfg, epoch), "steps_per_epoch": epoch, "batch_size": batch, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "train_wall_s": rows[-1]["elapsed_s"] if rows else 0.0, "n_params": n_params,
-        "final_loss": rows[-1]["loss"] if rows else None, "spec_hash": spec_hash,
+        "final_loss": rows[-1]["loss"] if rows else None, "spec_hash": spec_hash, "run_dir": str(ckpt_dir),
     }
     if critics:
         info["critic_params"] = {role: count_parameters(c[0]) for role, c in critics.items()}

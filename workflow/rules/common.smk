@@ -6,8 +6,12 @@ import shlex
 
 from regbench.config import evaluated_datasets, load_experiments, method_components, methods_for, report_rule
 from regbench.report.budget import input_files as budget_input_files
+from regbench import store as _store
 
 EXPERIMENTS = load_experiments(config)
+# every trained network of the loaded experiments, addressed by its training spec (work/models/<key>/<budget>):
+# experiments that train the same network share one train job (src/regbench/store.py)
+STORE = _store.RunStore(EXPERIMENTS)
 
 
 # experiment: only the loaded ones, so another experiment's committed results (read by a budget series) are
@@ -18,6 +22,8 @@ wildcard_constraints:
     method=r"[a-z0-9_]+",
     aux=r"[a-z0-9_]+",
     fold=r"\d+",
+    key=r"[0-9a-f]{12}",
+    budget=r"(steps|epochs)[0-9]+(_max[0-9]+)?",
 
 
 def train_threads(default=8):
@@ -28,10 +34,9 @@ def train_threads(default=8):
     return workflow.resource_settings.cores or default
 
 
-def model_dataset(e, d):
-    """The dataset whose trained models register dataset d: `datasets.<d>.models_from` (e.g. IXI registered with
-    the networks trained on Mindboggle-101, Zhu et al. 2021 Sec. 3.E), else d itself."""
-    return e["datasets"][d].get("models_from") or d
+# the dataset whose trained models register dataset d: `datasets.<d>.models_from` (e.g. IXI registered with the
+# networks trained on Mindboggle-101, Zhu et al. 2021 Sec. 3.E), else d itself
+model_dataset = _store.model_dataset
 
 
 def exp(w):
@@ -56,12 +61,8 @@ def dataset_cfg(w):
 
 def moving_seg_spec(w, train):
     """`{"moving_seg": column}` when the dataset's moving-side label column differs from its label column of both
-    sides (registration: `moving_seg` vs `seg`; training: `train_moving_seg`, default `moving_seg`, vs `train_seg`);
-    nothing otherwise, so that the specs (and the params rerun trigger) of every other dataset stay as they were."""
-    d = dataset_cfg(w)
-    base = d["train_seg"] if train else d["seg"]
-    col = (d.get("train_moving_seg") or d.get("moving_seg")) if train else d.get("moving_seg")
-    return {"moving_seg": col} if col and col != base else {}
+    sides; nothing otherwise (regbench.store.moving_seg_spec)."""
+    return _store.moving_seg_spec(exp(w), w.dataset, train)
 
 
 def jobs(e):
@@ -120,23 +121,37 @@ def aux_model(w, aux_id):
     return f"work/{w.experiment}/aux/{w.dataset}/{aux_id}/fold{w.fold}/model.pt"
 
 
-def train_inputs(w):
-    inputs = {
-        "cases": f"data/prep/{w.experiment}/{w.dataset}/cases.tsv",
-        "pairs": f"data/prep/{w.experiment}/{w.dataset}/pairs.tsv",
-    }
-    if method_cfg(w).get("attention"):
-        inputs["attention"] = aux_model(w, method_cfg(w)["attention"])
-    for role, ref in method_components(method_cfg(w)).items():
-        inputs[f"component_{role}"] = component_model(w, ref)
+def store_run(w, kind):
+    """The store run (regbench.store.Run) at work/<kind>/<key>/<budget>."""
+    try:
+        return STORE.get(kind, w.key, w.budget)
+    except KeyError:
+        raise ValueError(f"work/{kind}/{w.key}/{w.budget}: no loaded experiment trains this network") from None
+
+
+def store_train_inputs(w, kind):
+    """Inputs of a store training job: the owner's prepared data, the frozen networks it reads, and the next
+    smaller budget of the same network (this job resumes from that one's checkpoint)."""
+    run = store_run(w, kind)
+    prep = STORE.prep_dir(run)
+    inputs = {"cases": f"{prep}/cases.tsv", "pairs": f"{prep}/pairs.tsv", **run.inputs}
+    prev = STORE.previous(run)
+    if prev is not None:
+        inputs["previous_budget"] = prev.model
     return inputs
 
 
-def component_model(w, ref):
-    """model.pt of a component: an auxiliary network, or another learned method of the same dataset and fold."""
-    if ref in exp(w).get("auxiliary", {}):
-        return aux_model(w, ref)
-    return f"work/{w.experiment}/models/{w.dataset}/{ref}/fold{w.fold}/model.pt"
+def experiment_run(w, kind):
+    """The store run behind work/<experiment>/<kind>/<dataset>/<id>/fold<k>: an auxiliary network, or a learned
+    method that trains (not a `model_from` one)."""
+    if kind == "aux":
+        if w.aux not in exp(w).get("auxiliary", {}):
+            raise ValueError(f"experiment {w.experiment}: no auxiliary network {w.aux!r}")
+        return STORE.aux(w.experiment, w.dataset, w.aux, int(w.fold))
+    m = exp(w)["methods"].get(w.method)
+    if m is None or m["kind"] != "learned" or m.get("model_from"):
+        raise ValueError(f"experiment {w.experiment}: {w.method!r} is not a learned method that trains")
+    return STORE.model(w.experiment, w.dataset, w.method, int(w.fold))
 
 
 def aux_args(input, keys):
@@ -156,23 +171,13 @@ def fixed_column(modality):
     return modality if isinstance(modality, str) else modality["fixed"]
 
 
-def prep_params(w):
-    """The dataset's reader parameters, with the `scale.image_shape` knob as the brain readers' `shape`."""
-    params = dict(dataset_cfg(w)["params"])
-    shape = exp(w)["scale"].get("image_shape")
-    if shape and dataset_cfg(w)["preprocess"] == "brain":
-        params["shape"] = list(shape)
-    return params
-
-
 def spec_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-def raw_of(e, d):
-    """The registry id whose download dataset d is prepared from: `datasets.<d>.raw`, else d itself (several
-    prepared datasets may share one download, e.g. CHAOS T1 -> CT and T2 -> CT, Ding et al. 2021)."""
-    return e["datasets"][d].get("raw") or d
+# the registry id whose download dataset d is prepared from: `datasets.<d>.raw`, else d itself (several prepared
+# datasets may share one download, e.g. CHAOS T1 -> CT and T2 -> CT, Ding et al. 2021)
+raw_of = _store.raw_of
 
 
 def local_path_arg(raw):

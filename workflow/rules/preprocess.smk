@@ -6,10 +6,7 @@ rule preprocess:
         cases="data/prep/{experiment}/{dataset}/cases.tsv",
         pairs="data/prep/{experiment}/{dataset}/pairs.tsv",
     params:
-        spec=lambda w: spec_json({
-            "dataset": w.dataset, "preprocess": dataset_cfg(w)["preprocess"],
-            "params": prep_params(w), "seed": exp(w)["seed"],
-        }),
+        spec=lambda w: spec_json(_store.prep_spec(exp(w), w.dataset)),
         raw=lambda w: f"data/raw/{raw_of(exp(w), w.dataset)}",
         out=lambda w: f"data/prep/{w.experiment}/{w.dataset}",
     log:
