@@ -10,6 +10,7 @@ from .acregnet import ACRegNet, RCINet
 from .cai2023 import Cai2023Cascade
 from .ding2021 import MMRegNet
 from .faim import FAIM
+from .grnet import GRNet
 from .he2022 import He2022RegNet
 from .huang2021 import Huang2021Net, Huang2021Siamese
 from .multifc import MultiFCNet
@@ -26,6 +27,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "he2022": He2022RegNet,
     "acregnet": ACRegNet,
     "rcinet": RCINet,
+    "grnet": GRNet,
     "bidirectional": Bidirectional,
     "zhu2021": Zhu2021Net,
     "symnet": SYMNet,

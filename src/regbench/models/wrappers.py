@@ -76,6 +76,15 @@ class PairCritic(nn.Module):
 CRITICS: dict[str, Callable[..., nn.Module]] = {"pair_critic": PairCritic, "multifc_critic": MultiFCCritic}
 
 
+def _grnet_critic(ndim: int, **params) -> nn.Module:
+    from .grnet import GRNetCritic  # grnet imports this module
+
+    return GRNetCritic(ndim, **params)
+
+
+CRITICS["grnet_critic"] = _grnet_critic
+
+
 def build_critic(name: str, ndim: int, **params) -> nn.Module:
     """Instantiate a registered critic.
 
