@@ -34,6 +34,7 @@ from typing import Any
 
 from .config import evaluated_datasets, method_components, methods_for
 from .provenance import config_hash
+from .utils import atomic_write_text
 
 #: keys of a method / auxiliary block, and of its ``train`` block, that do not change the trained weights
 #: (kept equal to :data:`regbench.engine.NON_WEIGHT_KEYS` and ``NON_PATH_KEYS`` by a test; repeated here so
@@ -306,6 +307,4 @@ def link_run(src: str | Path, dst: str | Path, name: str | None = None) -> None:
     if name is not None:
         info["auxiliary" if "auxiliary" in info else "method"] = name
     info["run"] = str(src)
-    tmp = dst / ".train_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    os.replace(tmp, dst / "train_info.json")
+    atomic_write_text(dst / "train_info.json", json.dumps(info, indent=2))
