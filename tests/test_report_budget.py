@@ -194,3 +194,19 @@ def test_training_curves(tmp_path, caplog):
     exp["report"]["training_curves"][0]["methods"] = ["nope"]
     with pytest.raises(ConfigError, match="not learned methods"):
         extras.extra_outputs(exp)
+
+
+def test_nested_experiment_names_find_their_sibling_runs(tmp_path):
+    """An experiment named with folders (``paper/studies/b``) reads the other runs from the results root, not
+    from the folder above its own (the he2022/studies/* series)."""
+    exp = _exp()
+    exp["experiment"] = "paper/studies/cxr_4000"
+    for r in exp["report"]["budget_series"][0]["runs"]:
+        r["experiment"] = f"paper/studies/{r['experiment']}"
+    results = tmp_path / "results"
+    for e in ("cxr_300", "cxr_1000"):
+        _write_run(results / "paper" / "studies", e, _rows(e))
+    out = results / "paper" / "studies" / "cxr_4000"
+    budget.render_series(exp, tables.per_pair(_rows("cxr_4000")), out, None, ["test"])
+    csv = pd.read_csv(out / "training_budget.csv", comment="#", index_col=0)
+    assert sorted(csv["steps"].unique()) == [300, 1000, 4000]

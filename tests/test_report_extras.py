@@ -411,3 +411,35 @@ def test_image_order_arrays_are_drawn_upright():
     jac = jacobian_determinant(torch.from_numpy(ddf)[None])[0].numpy()
     rot_jac = jacobian_determinant(torch.from_numpy(rot_ddf)[None])[0].numpy()
     assert np.allclose(rot_jac, image_to_display(jac), atol=1e-5)
+
+
+def test_report_names_rename_the_main_outputs(tmp_path, monkeypatch, labels_df, exp):
+    """report.names writes the main table under the paper's name (table1), lists it for Snakemake, and keeps
+    extra tables from reusing it."""
+    from regbench.report.experiment import render_experiment
+
+    monkeypatch.chdir(tmp_path)
+    exp["report"]["figures"], exp["report"]["tables"] = [], []
+    exp["report"]["names"] = {"table": "table1", "fig_qualitative": "fig5_qualitative"}
+    validate_experiment(copy.deepcopy(exp), "ok.yaml")
+    outputs = extras.main_outputs(exp)
+    assert outputs[:3] == ["table1.md", "table1.csv", "table1.tex"] and "fig5_qualitative.png" in outputs
+    assert "table.md" not in outputs and "table_dsc_per_label.md" in outputs
+    metrics = []
+    for (d, m), sub in labels_df.groupby(["dataset", "method"]):
+        metrics.append(tmp_path / f"{d}_{m}.tsv")
+        sub.to_csv(metrics[-1], sep="\t", index=False)
+    render_experiment(exp, metrics, tmp_path / "out")
+    assert (tmp_path / "out" / "table1.md").stat().st_size > 0 and not (tmp_path / "out" / "table.md").exists()
+    clash = copy.deepcopy(exp)
+    clash["report"]["tables"] = [{"name": "table1", "title": "t", "methods": ["he2022"], "metrics": ["dsc"]}]
+    with pytest.raises(ConfigError, match="reserved"):
+        extras.extra_outputs(clash)
+    twice = copy.deepcopy(exp)
+    twice["report"]["names"] = {"table": "fig_boxplots"}
+    with pytest.raises(ConfigError, match="written twice"):
+        extras.main_outputs(twice)
+    unknown = copy.deepcopy(exp)
+    unknown["report"]["names"] = {"tabel": "table1"}
+    with pytest.raises(ConfigError, match="unknown"):
+        extras.main_outputs(unknown)

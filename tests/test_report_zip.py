@@ -102,6 +102,7 @@ def test_report_zip_holds_every_table_and_figure(report_zip):
     # filed by paper, then by table or figure
     assert "He et al. 2022" in categories and "Demo (synthetic, not a paper)" in categories
     he = categories["He et al. 2022"]
-    for sub in ("table", "table2_attention_segmentation", "table3_autoencoder", "table4_attention", "fig8_ssim"):
+    for sub in ("table1", "table2_attention_segmentation", "table3_autoencoder", "table4_attention", "fig8_ssim"):
         assert sub in he, sorted(he)
-    assert "results/he2022/table.csv" in he["table"] and "results/he2022/studies/steps_1000/table.csv" in he["table"]
+    assert "results/he2022/table1.csv" in he["table1"]
+    assert "results/he2022/studies/steps_1000/table1.csv" in he["table1"]

@@ -76,14 +76,11 @@ def jobs(e):
     ]
 
 
-REPORT_FILES = ["table.md", "table.csv", "table.tex", "table_dsc_per_label.md", "fig_boxplots.png",
-                "fig_boxplots.pdf", "fig_qualitative.png", "fig_qualitative.pdf"]
-
-
 def report_outputs(name):
-    from regbench.report.extras import extra_outputs
+    from regbench.report.extras import extra_outputs, main_outputs
 
-    return [f"results/{name}/{f}" for f in REPORT_FILES + extra_outputs(EXPERIMENTS[name])]
+    e = EXPERIMENTS[name]
+    return [f"results/{name}/{f}" for f in main_outputs(e) + extra_outputs(e)]
 
 
 def paper_of(name):

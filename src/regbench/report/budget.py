@@ -177,7 +177,7 @@ def load_runs(item: Mapping[str, Any], exp: Mapping[str, Any], pairs: pd.DataFra
             if missing:
                 raise DataError(f"budget series {item['name']!r}: metrics of run {name!r} are missing: "
                                 f"{missing[:3]}{' ...' if len(missing) > 3 else ''}; run that experiment first "
-                                f"(snakemake results/{name}/table.md --configfile config/papers/{name}.yaml)")
+                                f"(snakemake --cores all --resources gpu=1 --configfile config/papers/{name}.yaml)")
             df = tables.per_pair(tables.load_metrics(paths))
         sub = df[df["method"].astype(str).isin(methods)].copy()
         sub["steps"] = int(run["steps"])
@@ -405,7 +405,8 @@ def render_series(exp: Mapping[str, Any], pairs: pd.DataFrame, out_dir: Path, pr
         out_dir: ``results/<experiment>``.
         prov: provenance record written into the table.
         notes: the experiment's notes; each run's ``note`` and the per-run step counts are added.
-        results_root: where the other runs' ``<experiment>/metrics`` live (default ``out_dir.parent``).
+        results_root: where the other runs' ``<experiment>/metrics`` live (default: ``out_dir`` less the
+            experiment's name, e.g. ``results`` for ``results/he2022/studies/clip``).
 
     Raises:
         ConfigError, DataError: see :func:`check_series`, :func:`load_runs`, :func:`series_table`.
@@ -414,7 +415,11 @@ def render_series(exp: Mapping[str, Any], pairs: pd.DataFrame, out_dir: Path, pr
 
     check_series(exp)
     out_dir = Path(out_dir)
-    results_root = Path(results_root) if results_root is not None else out_dir.parent
+    if results_root is None:  # out_dir is <results_root>/<experiment>, whose name may hold folders
+        parts = Path(str(exp.get("experiment", ""))).parts
+        results_root = (out_dir.parents[len(parts) - 1] if parts and out_dir.parts[-len(parts):] == parts
+                        else out_dir.parent)
+    results_root = Path(results_root)
     paper_values = (exp.get("report") or {}).get("paper_values") or {}
     written: list[Path] = []
     for item in items(exp):

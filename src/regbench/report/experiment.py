@@ -1,7 +1,8 @@
 """Render one experiment's outputs into ``results/<experiment>/``: the summary table, the per-label DSC
 table, box plots and a qualitative panel, each with the run's provenance and scale knobs.
 
-Files (names fixed; the Snakemake ``report`` rule lists them):
+Files (the Snakemake ``report`` rule lists them; ``report.names`` renames the first four, e.g. ``table`` to
+``table1`` where the paper calls it Table 1, :func:`regbench.report.extras.main_names`):
 
 * ``table.{md,csv,tex}``: method x metric, mean ± std over test pairs (folds pooled per dataset), ``n_pairs``,
   a paired test (``report.paired_test``: Wilcoxon by default, or a paired t-test) of each method against ``report.reference`` on per-pair DSC, and the paper's value
@@ -98,15 +99,16 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
 
     combine = tables.combine_datasets
     title = rep["title"]
-    written += tables.write_table(combine(summaries), out_dir / "table", title, prov, notes).values()
-    written += tables.write_table(combine(per_label), out_dir / "table_dsc_per_label",
+    names = extras.main_names(exp)
+    written += tables.write_table(combine(summaries), out_dir / names["table"], title, prov, notes).values()
+    written += tables.write_table(combine(per_label), out_dir / names["table_dsc_per_label"],
                                   f"{title}: DSC per label", prov, notes).values()
     box, box_order = main_pairs, order
     if main_pairs["dataset"].nunique() > 1:  # one box per (dataset, method): never pool datasets in a figure
         box = main_pairs.assign(method=main_pairs["dataset"] + ":" + main_pairs["method"],
                                 method_name=main_pairs["method_name"] + " (" + main_pairs["dataset"] + ")")
         box_order = [f"{d}:{m}" for d in evaluated_datasets(exp) for m in (order or list(exp["methods"]))]
-    written += figures.boxplots(box, rep["metrics"], out_dir / "fig_boxplots", method_order=box_order,
+    written += figures.boxplots(box, rep["metrics"], out_dir / names["fig_boxplots"], method_order=box_order,
                                 title=title).values()
 
     dataset = evaluated_datasets(exp)[0]
@@ -118,7 +120,7 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     if reg_dirs and cases.exists():
         written += figures.qualitative_from_dirs(
             cases, reg_dirs, rep.get("qualitative_pair"), exp["datasets"][dataset]["modality"],
-            out_dir / "fig_qualitative", title=f"{title}: one test pair ({dataset}, fold {fold})",
+            out_dir / names["fig_qualitative"], title=f"{title}: one test pair ({dataset}, fold {fold})",
             seg=exp["datasets"][dataset].get("seg", "seg"),
             orientation=rep.get("qualitative_orientation", "ras"),
         ).values()

@@ -138,8 +138,12 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
 
 log = get_logger(__name__)
 
-#: File stems written by :func:`regbench.report.experiment.render_experiment` itself.
+#: File stems written by :func:`regbench.report.experiment.render_experiment` itself, by default (``report.names``
+#: may rename the first four, :func:`main_names`).
 RESERVED_NAMES = frozenset({"table", "table_dsc_per_label", "fig_boxplots", "fig_qualitative", "provenance"})
+#: The main outputs ``report.names`` can rename, with their file suffixes (what the Snakemake report rule lists).
+MAIN_OUTPUTS = {"table": ("md", "csv", "tex"), "table_dsc_per_label": ("md",), "fig_boxplots": ("png", "pdf"),
+                "fig_qualitative": ("png", "pdf")}
 FIGURE_KINDS = ("bar", "box", "per_label", "difference", "qualitative")
 #: ``columns`` of a registration-method table: metrics (the default), labels, datasets.
 TABLE_COLUMNS = ("metrics", "labels", "datasets")
@@ -181,7 +185,7 @@ def check_extras(exp: Mapping[str, Any]) -> None:
     """Check ``report.tables`` / ``report.figures`` beyond what the schema can express.
 
     Checks: names (of tables, figures, ``report.budget_series`` and ``report.training_curves`` items,
-    :func:`regbench.report.budget.check_series`) are unique and not one of :data:`RESERVED_NAMES`; a table has exactly one of
+    :func:`regbench.report.budget.check_series`) are unique and not a main output's (:func:`main_names`); a table has exactly one of
     ``methods`` / ``auxiliary``, ``reference`` only with ``methods`` and among them, a known ``columns``
     and only the keys of its form (:data:`TABLE_KEYS`); a figure has a known ``kind`` with ``metric`` (bar,
     per_label) or ``metrics`` (box), only the keys of its kind (:data:`FIGURE_KEYS`), ``labels`` as long as
@@ -195,13 +199,14 @@ def check_extras(exp: Mapping[str, Any]) -> None:
     declared = set((exp.get("methods") or {}).keys())
     ds_declared = exp.get("datasets") or {}
     seen: dict[str, str] = {}
+    reserved = set(main_names(exp).values()) | {"provenance"}
 
     def name_ok(where: str, item: Mapping[str, Any]) -> None:
         name = str(item.get("name") or "")
         if not name:
             raise ConfigError(f"{where}: no name")
-        if name in RESERVED_NAMES:
-            raise ConfigError(f"{where}: name {name!r} is reserved for the main outputs {sorted(RESERVED_NAMES)}")
+        if name in reserved:
+            raise ConfigError(f"{where}: name {name!r} is reserved for the main outputs {sorted(reserved)}")
         if name in seen:
             raise ConfigError(f"{where}: name {name!r} is already used by {seen[name]}")
         seen[name] = where
@@ -299,7 +304,38 @@ def check_extras(exp: Mapping[str, Any]) -> None:
             folds = ds_declared[d].get("folds") if isinstance(ds_declared[d], Mapping) else None
             if "fold" in f and folds is not None and f["fold"] not in folds:
                 raise ConfigError(f"{where}: fold {f['fold']!r} is not a fold of dataset {d!r} ({list(folds)})")
-    budget.check_series(exp, {**seen, **dict.fromkeys(RESERVED_NAMES, "the main outputs")})
+    budget.check_series(exp, {**seen, **dict.fromkeys(reserved, "the main outputs")})
+
+
+def main_names(exp: Mapping[str, Any]) -> dict[str, str]:
+    """``{default stem: stem written}`` of the main outputs (:data:`MAIN_OUTPUTS`): the defaults, renamed by
+    ``report.names`` (e.g. ``{table: table1, fig_qualitative: fig5_qualitative}``, to name them as the paper
+    does).
+
+    Raises:
+        ConfigError: an unknown key, or two main outputs (or ``provenance``) given one name.
+    """
+    given = dict((exp.get("report") or {}).get("names") or {})
+    unknown = sorted(set(given) - set(MAIN_OUTPUTS))
+    if unknown:
+        raise ConfigError(f"report.names: unknown output(s) {unknown}; renamable: {sorted(MAIN_OUTPUTS)}")
+    names = {k: str(given.get(k, k)) for k in MAIN_OUTPUTS}
+    stems = list(names.values()) + ["provenance"]
+    dup = sorted({n for n in stems if stems.count(n) > 1})
+    if dup:
+        raise ConfigError(f"report.names: {dup} would be written twice (main outputs {names}, provenance)")
+    return names
+
+
+def main_outputs(exp: Mapping[str, Any]) -> list[str]:
+    """File names, relative to ``results/<experiment>/``, of the main outputs of ``exp`` (summary table,
+    per-label DSC table, box plots, qualitative panel; :func:`main_names`), in :data:`MAIN_OUTPUTS` order.
+
+    Raises:
+        ConfigError: see :func:`main_names`.
+    """
+    names = main_names(exp)
+    return [f"{names[k]}.{ext}" for k, exts in MAIN_OUTPUTS.items() for ext in exts]
 
 
 def extra_outputs(exp: Mapping[str, Any]) -> list[str]:
