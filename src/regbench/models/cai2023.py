@@ -96,6 +96,21 @@ def _pool(ndim: int, kind: str, x: torch.Tensor) -> torch.Tensor:
     return fn[(kind, ndim)](x, 2)
 
 
+def _kaiming_(conv: nn.Module, slope: float = 0.2) -> None:
+    """He-normal init for LeakyReLU(``slope``) over the inputs each output voxel sums (a transposed stride-2
+    convolution: ``in_channels x kernel / 2^ndim`` taps), bias zero."""
+    w = conv.weight
+    taps = w[0, 0].numel()
+    if isinstance(conv, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        fan = w.shape[0] * taps / (conv.stride[0] ** (w.dim() - 2))
+    else:
+        fan = w.shape[1] * taps
+    with torch.no_grad():
+        w.normal_(0.0, (2.0 / (1.0 + slope ** 2)) ** 0.5 / fan ** 0.5)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
 class ConvRes(nn.Module):
     """Convolutional residual block (Sec. 2.2.1, Fig. 2d): ``(B, cin, *s) -> (B, cout, *s)``."""
 
@@ -210,17 +225,25 @@ class DRNet(_Base):
         incep, pim, scam, respath: the module switches of Tables 1-2 (all on: the full DR-Net).
         pim_channels: width of the pyramidal inputs ``p_1 .. p_3``.
         multiscale: add field heads at ``l2`` and ``l3`` (for MCR cascades).
+        init: ``"kaiming"`` (default, *ours*): every convolution but the field heads He-normal for
+            LeakyReLU(0.2) (fan-in), biases zero; ``"torch"``: PyTorch's default. With PyTorch's default
+            (variance ``1/(3 fan_in)``, a third of what keeps the signal's scale) the gradient reaching DR-Net's
+            encoder at initialisation is ~1e-13 to 1e-18, below Adam's eps (1e-8), so the encoder barely
+            moves: in the 200-step demo DR-Net(L) stayed at the identity (docs/cai2023.md). The paper does
+            not state its initialisation; its framework's default (Glorot) keeps the scale of each layer.
 
-    Input sizes must be divisible by 16. Raises ValueError for fewer than 5 widths.
+    Input sizes must be divisible by 16. Raises ValueError for fewer than 5 widths or an unknown ``init``.
     """
 
     def __init__(self, ndim: int = 3, in_channels: int = 1, widths: tuple[int, ...] = DRNET_WIDTHS,
                  incep: bool = True, pim: bool = True, scam: bool = True, respath: bool = True,
-                 pim_channels: int = 8, multiscale: bool = False):
+                 pim_channels: int = 8, multiscale: bool = False, init: str = "kaiming"):
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 5:
             raise ValueError(f"DR-Net needs 5 encoder widths, got {widths}")
+        if init not in ("kaiming", "torch"):
+            raise ValueError(f"init must be 'kaiming' or 'torch', got {init!r}")
         self.ndim, self.incep, self.pim, self.scam = ndim, bool(incep), bool(pim), bool(scam)
         cin0 = 2 * in_channels
         self.pyramid = nn.ModuleList(
@@ -246,6 +269,10 @@ class DRNet(_Base):
             self.attn.append(SCAM(ndim, 2 * w) if self.scam else nn.Identity())
             self.dec.append(ConvRes(ndim, 2 * w, w))
             cin = w
+        if init == "kaiming":  # before the field heads, which keep their near-zero start
+            for mod in self.modules():
+                if isinstance(mod, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                    _kaiming_(mod)
         self.head = flow_head(ndim, widths[0])
         self.heads_ms = nn.ModuleList([flow_head(ndim, widths[2]), flow_head(ndim, widths[1])]) if multiscale else None
 
