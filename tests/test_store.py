@@ -37,8 +37,13 @@ def _address(e, method="voxelmorph"):
     return run.key, run.budget
 
 
-def test_constants_match_the_engine():
-    assert store.NON_WEIGHT_KEYS == engine.NON_WEIGHT_KEYS and store.NON_PATH_KEYS == engine.NON_PATH_KEYS
+def test_the_trainer_resumes_on_the_store_spec():
+    """The checkpoint's resume spec is the store's weight spec: what addresses a network is what resumes it."""
+    block = {"name": "VM", "model": "voxelmorph", "datasets": ["demo"], "inference_size": [32, 32],
+             "train": {"steps": 500, "lr": 1e-3, "checkpoint_every": 50, "losses": [{"name": "mse"}]}}
+    _, steps, resume = engine.training_schedule(block, 200)
+    assert steps == 200 and resume == store.weight_spec(block)
+    assert resume == {"model": "voxelmorph", "train": {"lr": 1e-3, "losses": [{"name": "mse"}]}}
 
 
 @pytest.mark.parametrize("edit", [

@@ -23,16 +23,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .store import weight_spec
 from .utils import atomic_path, get_logger
 
 log = get_logger(__name__)
-
-#: ``train`` keys that do not change the optimisation path: left out of the resume spec hash.
-NON_PATH_KEYS = ("steps", "epochs", "checkpoint_every", "log_term_grad_norms")
-#: method / auxiliary keys that do not change the trained weights either: the table name, the datasets a method
-#: is registered on, the grid it predicts on at test time. Left out of the resume spec hash, so that experiments
-#: naming one network differently share its run (:mod:`regbench.store`).
-NON_WEIGHT_KEYS = ("name", "datasets", "inference_size")
 
 
 def paper_steps(tcfg: dict[str, Any], steps_per_epoch: int | None = None) -> int:
@@ -56,18 +50,17 @@ def training_schedule(block: dict[str, Any], max_steps: int | None,
     """``(train block, steps, resume spec)`` of a method or auxiliary config ``block``.
 
     ``steps`` is :func:`paper_steps` capped by the ``max_steps`` scale knob. The resume spec is the
-    block without :data:`NON_WEIGHT_KEYS` and without ``train.steps``, ``train.epochs``,
-    ``train.checkpoint_every`` and ``train.log_term_grad_norms`` (none of them changes the optimisation path):
-    it goes into the checkpoint's spec hash, so raising the number of steps resumes from the last checkpoint
+    block without what changes neither the weights nor the optimisation path
+    (:func:`regbench.store.weight_spec`: the table name, datasets, test-time grid, ``train.steps``,
+    ``train.epochs``, ``train.checkpoint_every``, ``train.log_term_grad_norms``): it goes into the checkpoint's
+    spec hash, so raising the number of steps resumes from the last checkpoint
     instead of starting afresh.
     """
     tcfg = dict(block.get("train", {}))
     steps = paper_steps(tcfg, steps_per_epoch)
     if max_steps is not None:
         steps = min(steps, int(max_steps))
-    resume = {k: v for k, v in block.items() if k != "train" and k not in NON_WEIGHT_KEYS}
-    resume["train"] = {k: v for k, v in tcfg.items() if k not in NON_PATH_KEYS}
-    return tcfg, steps, resume
+    return tcfg, steps, weight_spec(block)
 
 
 def run_folder(run_dir: str | Path, out_dir: str | Path, spec_hash: str, steps: int) -> Path:

@@ -36,10 +36,12 @@ from .config import evaluated_datasets, method_components, methods_for
 from .provenance import config_hash
 from .utils import atomic_write_text
 
-#: keys of a method / auxiliary block, and of its ``train`` block, that do not change the trained weights
-#: (kept equal to :data:`regbench.engine.NON_WEIGHT_KEYS` and ``NON_PATH_KEYS`` by a test; repeated here so
-#: that building the DAG does not import torch)
+#: keys of a method / auxiliary block that do not change the trained weights: the table name, the datasets a
+#: method is registered on, the grid it predicts on at test time (experiments naming one network differently
+#: share its run). The trainer's resume spec (:func:`regbench.engine.training_schedule`) uses the same
+#: :func:`weight_spec`; defined here because building the DAG must not import torch.
 NON_WEIGHT_KEYS = ("name", "datasets", "inference_size")
+#: ``train`` keys that do not change the optimisation path (a longer budget resumes a shorter one).
 NON_PATH_KEYS = ("steps", "epochs", "checkpoint_every", "log_term_grad_norms")
 #: reader parameters that choose only the test pairs: every reader draws its test pairs after, and
 #: independently of, the training pairs and cases (chest X-ray and brain readers: ``test_pairs``), so they do not
