@@ -12,6 +12,8 @@ terms and weights, optional critics), the model spec, the dataset's prepared spl
 * updates each critic of ``train.critics`` after the registration network on the same batch (adversarial
   training: the critic is a second player of :func:`regbench.engine.run_training_loop`, with its own
   optimiser and loss terms; terms read it as a component by its role),
+* warms the learning rate up linearly over the first ``train.lr_warmup`` steps (*ours*, where a deep network's
+  first Adam steps at full lr throw its fields far off: Cai et al.'s DR-Net cascades on the CPU demo), and
 * decays the learning rate stepwise with ``train.lr_decay: {every: <steps> | every_epochs: <n>, factor: <f>}``
   (Zhu et al. 2021, Sec. 2.C: x0.5 every 10 epochs); ``train.epochs`` instead of ``train.steps`` gives the
   schedule in epochs (one epoch = one pass over the fold's training pairs, batch size taken into account),
@@ -223,9 +225,15 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-4)))
     decay = tcfg.get("lr_decay")  # lr x factor every `every` steps or `every_epochs` epochs (Zhu et al. 2021, Sec. 2.C)
     scheduler = None
+    period = None
     if decay:
         period = int(decay["every"]) if "every" in decay else int(decay["every_epochs"]) * epoch
         scheduler = torch.optim.lr_scheduler.StepLR(opt, period, float(decay["factor"]))
+    warmup = int(tcfg.get("lr_warmup") or 0)
+    if warmup:  # linear warm-up from lr / warmup to lr over the first `warmup` steps, then any lr_decay
+        factor = float(decay["factor"]) if decay else 1.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / warmup) * (factor ** (i // period) if period else 1.0))
     label_values = tuple(int(v) for v in labels)
     try:
         terms = [t.to(dev) for t in build_terms(tcfg.get("losses", [{"name": "lncc"}, {"name": "diffusion"}]),
