@@ -224,16 +224,15 @@ def train(
         raise ConfigError(f"method {method.get('name')!r}: cannot build model: {exc}") from exc
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg.get("lr", 1e-4)))
     decay = tcfg.get("lr_decay")  # lr x factor every `every` steps or `every_epochs` epochs (Zhu et al. 2021, Sec. 2.C)
-    scheduler = None
-    period = None
-    if decay:
-        period = int(decay["every"]) if "every" in decay else int(decay["every_epochs"]) * epoch
-        scheduler = torch.optim.lr_scheduler.StepLR(opt, period, float(decay["factor"]))
+    period = (int(decay["every"]) if "every" in decay else int(decay["every_epochs"]) * epoch) if decay else None
     warmup = int(tcfg.get("lr_warmup") or 0)
+    scheduler = None
     if warmup:  # linear warm-up from lr / warmup to lr over the first `warmup` steps, then any lr_decay
         factor = float(decay["factor"]) if decay else 1.0
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: min(1.0, (i + 1) / warmup) * (factor ** (i // period) if period else 1.0))
+    elif decay:
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, period, float(decay["factor"]))
     label_values = tuple(int(v) for v in labels)
     try:
         terms = [t.to(dev) for t in build_terms(tcfg.get("losses", [{"name": "lncc"}, {"name": "diffusion"}]),

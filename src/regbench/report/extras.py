@@ -138,10 +138,9 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
 
 log = get_logger(__name__)
 
-#: File stems written by :func:`regbench.report.experiment.render_experiment` itself, by default (``report.names``
-#: may rename the first four, :func:`main_names`).
-RESERVED_NAMES = frozenset({"table", "table_dsc_per_label", "fig_boxplots", "fig_qualitative", "provenance"})
-#: The main outputs ``report.names`` can rename, with their file suffixes (what the Snakemake report rule lists).
+#: The main outputs :func:`regbench.report.experiment.render_experiment` writes (besides ``provenance.json``), by
+#: their default stems, which ``report.names`` may change (:func:`main_names`), with the file suffixes the
+#: Snakemake report rule lists.
 MAIN_OUTPUTS = {"table": ("md", "csv", "tex"), "table_dsc_per_label": ("md",), "fig_boxplots": ("png", "pdf"),
                 "fig_qualitative": ("png", "pdf")}
 FIGURE_KINDS = ("bar", "box", "per_label", "difference", "qualitative")
