@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regbench.config import report_rule
+from regbench.config import report_rule, resolve_extends
+from regbench.report.extras import main_names
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -37,7 +38,10 @@ def report_zip(tmp_path_factory):
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     configs = make_report_configs()
-    experiments = {Path(c).stem: yaml.safe_load((REPO / c).read_text())["experiment"] for c in configs}
+    loaded = {c: resolve_extends(yaml.safe_load((REPO / c).read_text()), c, REPO) for c in configs}
+    experiments = {Path(c).stem: exp["experiment"] for c, exp in loaded.items()}
+    # the summary table's stem per experiment (`report.names` may rename it, e.g. he2022's table1)
+    summary = {exp["experiment"]: main_names(exp)["table"] for exp in loaded.values()}
     work = tmp_path_factory.mktemp("report")
     for name in ("config", "workflow", "envs"):
         shutil.copytree(REPO / name, work / name)
@@ -55,7 +59,7 @@ def report_zip(tmp_path_factory):
     r = subprocess.run(["make", "report-zip", f"BIN={BIN}"], cwd=work, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "wrote results/report.zip" in r.stdout
-    return work, work / "results" / "report.zip", experiments
+    return work, work / "results" / "report.zip", experiments, summary
 
 
 def _index(zf: zipfile.ZipFile) -> tuple[dict, dict]:
@@ -80,7 +84,7 @@ def _declared_outputs(work: Path, experiments) -> dict[str, list[str]]:
 
 
 def test_report_zip_holds_every_table_and_figure(report_zip):
-    work, path, experiments = report_zip
+    work, path, experiments, summary = report_zip
     with zipfile.ZipFile(path) as zf:
         results, categories = _index(zf)
         names = set(zf.namelist())
@@ -90,7 +94,7 @@ def test_report_zip_holds_every_table_and_figure(report_zip):
             wanted = [p for p in outputs if p.endswith((".csv", ".png"))
                       or (p.endswith(".md") and p[:-3] + ".csv" not in outputs)]
             tables = [p for p in wanted if not p.endswith(".png")]
-            assert f"results/{exp}/table.csv" in tables and len(tables) >= 1
+            assert f"results/{exp}/{summary[exp]}.csv" in tables, (exp, tables)
             for p in wanted:
                 assert p in results, f"{p} is not in the report"
                 entry = results[p]
