@@ -272,3 +272,19 @@ def test_term_gradient_norms_are_logged_without_changing_the_path(tiny_prepared,
     train(tiny_prepared, tmp_path / "single", single, 0, 0, "img", [1, 2], device="cpu")
     one = pd.read_csv(tmp_path / "single" / "train_log.tsv", sep="\t")
     assert one[f"grad_norm_{names[0]}"].iloc[0] == pytest.approx(one["grad_norm"].iloc[0], rel=1e-5)
+
+
+def test_lr_warmup_ramps_linearly_then_decays_and_resumes(tiny_prepared, tmp_path):
+    """train.lr_warmup: step i (1-based) runs at lr * min(1, i / warmup), times any lr_decay factor; the log's
+    ``lr`` column is the rate each step used, and a resumed run continues the same schedule."""
+    import copy
+
+    method = copy.deepcopy(METHOD)
+    method["train"] = {**method["train"], "steps": 8, "checkpoint_every": 4, "lr": 1e-3, "lr_warmup": 4,
+                       "lr_decay": {"every": 6, "factor": 0.5}}
+    train(tiny_prepared, tmp_path / "w", method, 0, 0, "img", [1, 2], device="cpu", max_steps=4)
+    train(tiny_prepared, tmp_path / "w", method, 0, 0, "img", [1, 2], device="cpu")  # resumes at step 4
+    log = pd.read_csv(tmp_path / "w" / "train_log.tsv", sep="\t")
+    assert log["step"].tolist() == list(range(1, 9))
+    expected = [1e-3 * min(1.0, i / 4) * (0.5 if i > 6 else 1.0) for i in range(1, 9)]
+    assert log["lr"].tolist() == pytest.approx(expected, rel=1e-6)
