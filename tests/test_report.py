@@ -175,6 +175,21 @@ def test_wilcoxon_matches_scipy(many_pairs):
         summary_table(pp, ["dsc"], reference="nope")
 
 
+def test_the_p_column_is_left_out_when_no_method_can_be_tested(many_pairs):
+    """With fewer than min_pairs matched pairs for every method (here: only the 'few' method's 3 pairs, or no DSC
+    at all) the display has no p column of dashes; the numeric companion keeps NaN p-values and the counts."""
+    pp = per_pair(many_pairs)
+    few = pp[pp.method.isin(["ref", "few"])]
+    disp, num = summary_table(few, ["dsc"], reference="ref", return_numeric=True)
+    assert not [c for c in disp.columns if c.startswith("p vs")]
+    assert num.loc["few", "n_paired_vs_ref"] == 3 and math.isnan(num.loc["few", "p_wilcoxon_vs_ref"])
+    no_dsc = pp.assign(dsc=float("nan"))
+    disp = summary_table(no_dsc, ["dsc"], reference="ref")
+    assert not [c for c in disp.columns if c.startswith("p vs")]
+    disp = summary_table(pp, ["dsc"], reference="ref")  # 'new' has enough pairs: the column is there
+    assert [c for c in disp.columns if c.startswith("p vs")]
+
+
 def test_paper_columns(two_methods):
     pp = per_pair(two_methods)
     disp = summary_table(pp, ["dsc", "hd95_mm"], paper_values={"Method A": {"dsc": "0.79 ± 0.08"}, "b": {"dsc": 0.7}})

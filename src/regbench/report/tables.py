@@ -529,7 +529,9 @@ def summary_table(
             ``"p vs <name> (Wilcoxon, DSC)"``: two-sided Wilcoxon signed-rank p of each method vs the
             reference on per-pair ``test_metric`` (pairs matched on ``dataset, fold, pair_id``; NaN pairs
             dropped). ``—`` for the reference itself, for fewer than ``min_pairs`` matched pairs, or when all
-            differences are zero.
+            differences are zero; the display column is left out (the numeric columns stay) when no method
+            has ``min_pairs`` matched pairs (one test pair; no ``test_metric`` values, e.g. images without
+            labels).
         paper_values: ``{method id or name: {metric: value}}`` with a number or a verbatim string such as
             ``"0.79 ± 0.08"`` (metric keys as in ``metrics``, the resolved column, or unit-less). Every metric
             with at least one paper value gets two columns, ``"<metric> (paper)"`` then ``"<metric> (ours)"``;
@@ -626,7 +628,12 @@ def summary_table(
             ps.append(_paired_p(x, y, min_pairs, paired_test))
         label = metric_info(tcol).label
         pcol = f"p vs {names[ref]} ({PAIRED_TESTS[paired_test]}, {label})"
-        display[pcol] = ["(ref.)" if m == ref else _fmt_p(p) for m, p in zip(methods, ps)]
+        testable = [n for m, n in zip(methods, npaired) if m != ref and n >= min_pairs]
+        if testable:
+            display[pcol] = ["(ref.)" if m == ref else _fmt_p(p) for m, p in zip(methods, ps)]
+        else:  # e.g. one test pair, or no DSC (no labels): a column of dashes would only look like a result
+            log.info("summary_table: no method has %d pairs with %s matched to %s; p column left out", min_pairs,
+                     tcol, ref)
         numeric[f"p_{paired_test}_vs_{ref}"] = ps
         numeric[f"n_paired_vs_{ref}"] = npaired
 
