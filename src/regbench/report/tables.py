@@ -628,8 +628,7 @@ def summary_table(
             ps.append(_paired_p(x, y, min_pairs, paired_test))
         label = metric_info(tcol).label
         pcol = f"p vs {names[ref]} ({PAIRED_TESTS[paired_test]}, {label})"
-        testable = [n for m, n in zip(methods, npaired) if m != ref and n >= min_pairs]
-        if testable:
+        if any(m != ref and n >= min_pairs for m, n in zip(methods, npaired)):
             display[pcol] = ["(ref.)" if m == ref else _fmt_p(p) for m, p in zip(methods, ps)]
         else:  # e.g. one test pair, or no DSC (no labels): a column of dashes would only look like a result
             log.info("summary_table: no method has %d pairs with %s matched to %s; p column left out", min_pairs,
