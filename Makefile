@@ -37,7 +37,7 @@ lint: $(STAMP)
 
 ## Regenerate result tables and figures from the saved metrics (no retraining), then results/report.zip.
 # (each into results/<its experiment name>, e.g. zhu2021_archives.yaml -> results/zhu2021)
-REPORT_CONFIGS := config/demo.yaml config/demo_multimodal.yaml $(addprefix config/papers/,he2022.yaml he2022/studies/steps_1000.yaml he2022/studies/steps_4000.yaml \
+REPORT_CONFIGS := config/demo.yaml config/demo_multimodal.yaml $(addprefix config/papers/,he2022.yaml he2022/studies/steps_300.yaml he2022/studies/steps_1000.yaml he2022/studies/steps_4000.yaml \
 	he2022/studies/clip.yaml he2022/studies/clip_8000.yaml he2022/studies/ce_logits.yaml he2022/studies/clip_allpairs.yaml \
 	he2022/studies/clip_allpairs_seed1.yaml he2022/studies/clip_allpairs_seed2.yaml zhu2021_archives.yaml \
 	ding2021_demo.yaml ding2021_brats_case.yaml huang2021_demo.yaml huang2021/studies/small_deformation.yaml huang2021/studies/steps_500.yaml huang2021/studies/large_deformation.yaml \

@@ -95,10 +95,10 @@ def test_one_network_used_by_two_experiments_is_owned_by_the_first(demo):
 def test_he2022_frozen_networks_enter_the_address():
     """He et al.'s registration networks read a segmenter and an auto-encoder: their store paths are training
     inputs, and a network trained with other auxiliary networks has another address."""
-    exps = load_experiments({"experiments": ["config/papers/he2022.yaml",
+    exps = load_experiments({"experiments": ["config/papers/he2022/studies/steps_300.yaml",
                                              "config/papers/he2022/studies/steps_1000.yaml"]})
     s = store.RunStore(exps)
-    a = s.model("he2022", "jsrt", "he2022", 0)
+    a = s.model("he2022/studies/steps_300", "jsrt", "he2022", 0)
     assert set(a.inputs) == {"attention", "component_autoencoder"}
     assert all(p.startswith("work/aux/") and p.endswith("/steps300/model.pt") for p in a.inputs.values())
     b = s.model("he2022/studies/steps_1000", "jsrt", "he2022", 0)

@@ -36,10 +36,10 @@ def test_he2022_training_waits_for_its_auxiliary_networks():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     # the training job reads its frozen networks from the store; the experiment sees its network through a link
-    assert re.search(r"regbench train --prep data/prep/he2022/jsrt --out work/models/[0-9a-f]{12}/steps300 "
-                     r"--run-dir work/models/[0-9a-f]{12} --fold 0 --attention work/aux/[0-9a-f]{12}/steps300/model.pt "
-                     r"--component autoencoder=work/aux/[0-9a-f]{12}/steps300/model.pt", out), out[-3000:]
-    assert re.search(r"regbench link-run --src work/models/[0-9a-f]{12}/steps300 --dst work/he2022/models/jsrt/he2022/fold0",
+    assert re.search(r"regbench train --prep data/prep/he2022/jsrt --out work/models/[0-9a-f]{12}/steps4000 "
+                     r"--run-dir work/models/[0-9a-f]{12} --fold 0 --attention work/aux/[0-9a-f]{12}/steps1000/model.pt "
+                     r"--component autoencoder=work/aux/[0-9a-f]{12}/steps1000/model.pt", out), out[-3000:]
+    assert re.search(r"regbench link-run --src work/models/[0-9a-f]{12}/steps4000 --dst work/he2022/models/jsrt/he2022/fold0",
                      out)
     assert "train_aux" in out and "seg_ce" not in out  # only the networks this method uses
 
@@ -47,14 +47,14 @@ def test_he2022_training_waits_for_its_auxiliary_networks():
 @pytest.mark.parametrize("configfile, builds_other_runs", [("config/papers/he2022/studies/steps_4000.yaml", False),
                                                             ("config/config.yaml", True)])
 def test_budget_series_reads_other_experiments_metrics(configfile, builds_other_runs):
-    """Alone, he2022/studies/steps_4000's budget series reads the committed metrics of he2022 / he2022/studies/steps_1000 as source files;
+    """Alone, he2022/studies/steps_4000's budget series reads the committed metrics of he2022/studies/steps_300 / steps_1000 as source files;
     in the full configuration it waits for those experiments' evaluate jobs."""
     target = "results/he2022/studies/steps_4000/training_budget.md"
     r = run(["-n", "--nolock", "--forceall", "--configfile", configfile, "--printshellcmds", target])
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "--out-dir results/he2022/studies/steps_4000" in out
-    built = "--out results/he2022/metrics/jsrt/he2022/fold0.tsv" in out
+    built = "--out results/he2022/studies/steps_300/metrics/jsrt/he2022/fold0.tsv" in out
     assert built == builds_other_runs
     assert ("work/he2022/studies/steps_1000/models/" in out) == builds_other_runs
 
