@@ -80,3 +80,33 @@ def test_bad_catalogue_is_named(tmp_path):
 def test_repository_catalogue_covers_the_five_papers():
     papers = load_catalogue(REPO / "config" / "results_index.yaml")
     assert set(papers) == {"he2022", "zhu2021", "huang2021", "ding2021", "cai2023"}
+
+
+def test_partly_run_experiment_says_what_is_missing(tmp_path):
+    """A run rendered from the metrics at hand names the datasets and rows it lacks (missing_runs), and the
+    front page carries that beside the protocol."""
+    from regbench.report.experiment import missing_runs
+
+    exp = {"datasets": {"a": {"folds": [0, 1]}, "b": {"folds": [0]}, "t": {"folds": [0], "train_only": True}},
+           "methods": {"before": {"name": "Before"}, "net": {"name": "Net"},
+                       "only_b": {"name": "OnlyB", "datasets": ["b"]}},
+           "auxiliary": {"seg": {"name": "Segmenter"}}}
+    df = pd.DataFrame({"dataset": ["a", "a", "a"], "method": ["before", "before", "net"], "fold": [0, 1, 0]})
+    aux = pd.DataFrame({"dataset": ["a", "a"], "aux": ["seg", "seg"], "fold": [0, 1]})
+    assert missing_runs(exp, df, aux) == ["a: Net (fold 1)", "b: every row"]
+    assert missing_runs(exp, df) == ["a: Net (fold 1)", "b: every row"]  # aux not checked without aux metrics
+    full = pd.DataFrame({"dataset": ["a"] * 4 + ["b"] * 3, "method": ["before", "before", "net", "net",
+                                                                       "before", "net", "only_b"],
+                         "fold": [0, 1, 0, 1, 0, 0, 0]})
+    assert missing_runs(exp, full, aux) == ["b: auxiliary Segmenter"]
+    assert missing_runs(exp, full) == []
+
+    res = tmp_path / "results"
+    (res / "p1").mkdir(parents=True)
+    (res / "p1" / "provenance.json").write_text(json.dumps({"scale": {}, "not_yet_run": ["b: every row"]}))
+    (res / "p1" / "table1.md").write_text("| x |")
+    cat = {"papers": {"p1": {"title": "P", "config": "config/p1.yaml", "proposed": "net",
+                             "items": [{"name": "table1"}]}}}
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump(cat))
+    text = write_results_index(tmp_path / "cat.yaml", res, config_root=tmp_path).read_text()
+    assert "paper's; partial, not yet run: b: every row" in text

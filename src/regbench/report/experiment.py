@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import provenance
-from ..config import evaluated_datasets
+from ..config import evaluated_datasets, methods_for
 from ..utils import get_logger
 from . import budget, extras, figures, tables
 
@@ -45,6 +45,40 @@ def _notes(exp: dict[str, Any]) -> list[str]:
     notes.append(tables.PAIR_STATS_NOTE)
     notes += [" ".join(str(n).split()) for n in (exp.get("report") or {}).get("notes") or []]
     return notes
+
+
+def missing_runs(exp: dict[str, Any], df: Any, aux: Any = None) -> list[str]:
+    """What the config asks for but the metrics lack, one entry per dataset: ``"montgomery: every row"`` or
+    ``"jsrt: RCINet, GRNet"`` (method names; ``(fold k)`` where only some folds are there), then the auxiliary
+    networks the same way (``"shenzhen: auxiliary Add contour loss"``). Empty when the run is complete.
+
+    A reviewer rendering a partly run experiment from its committed metrics (``regbench report --config``,
+    which reads the metrics files that exist) gets these entries under every table and in
+    ``provenance.json`` (``not_yet_run``), so a table with missing rows or datasets says so.
+
+    Args:
+        exp: validated experiment config.
+        df: the label-level metrics (:func:`tables.load_metrics`): columns ``dataset``, ``method``, ``fold``.
+        aux: the aux metrics (:func:`tables.load_aux_metrics`: ``dataset``, ``aux``, ``fold``) or ``None``
+            (auxiliary networks not checked).
+    """
+    have = set(zip(df["dataset"].astype(str), df["method"].astype(str), df["fold"].astype(str)))
+    have_aux = (set(zip(aux["dataset"].astype(str), aux["aux"].astype(str), aux["fold"].astype(str)))
+                if aux is not None else None)
+    out = []
+    for d in evaluated_datasets(exp):
+        folds = [str(f) for f in exp["datasets"][d]["folds"]]
+        expected = [(mid, exp["methods"][mid]["name"], have) for mid in methods_for(exp, d)]
+        if have_aux is not None:
+            expected += [(aid, f"auxiliary {a['name']}", have_aux) for aid, a in (exp.get("auxiliary") or {}).items()]
+        lacking = []
+        for mid, name, pool in expected:
+            absent = [f for f in folds if (d, mid, f) not in pool]
+            if absent:
+                lacking.append(name if len(absent) == len(folds) else f"{name} (fold {', '.join(absent)})")
+        if lacking:
+            out.append(f"{d}: every row" if len(lacking) == len(expected) else f"{d}: {', '.join(lacking)}")
+    return out
 
 
 def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_dir: Path,
@@ -82,6 +116,11 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     pairs = tables.per_pair(df)
     aux = tables.load_aux_metrics(aux_metrics_paths) if aux_metrics_paths else None
     extras.check_inputs(exp, pairs, aux, df)  # fail on a bad ablation config before writing anything
+    not_run = missing_runs(exp, df, aux if exp.get("auxiliary") else None)
+    if not_run:  # a partly run experiment rendered from the metrics at hand: say what is absent
+        notes.insert(2, "NOT YET RUN (absent from these tables; the config has them): " + "; ".join(not_run))
+        prov["not_yet_run"] = not_run
+        log.warning("%s: not yet run: %s", name, "; ".join(not_run))
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 

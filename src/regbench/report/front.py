@@ -8,7 +8,9 @@ writes:
 
 * the path (``.md`` for a table, ``.png`` for a figure);
 * the protocol it ran: ``paper's`` when the run's ``scale`` holds no knob, ``scaled: k=v, ...`` with the
-  knobs otherwise, ``demo`` for a run under ``demo/``, and ``not yet run`` when no file is there;
+  knobs otherwise, ``demo`` for a run under ``demo/``, and ``not yet run`` when no file is there; a run
+  rendered with rows or datasets missing adds ``partial, not yet run: ...`` (``not_yet_run`` in its
+  ``provenance.json``, :func:`regbench.report.experiment.missing_runs`);
 * the headline gap to the paper for tables that carry paper values: the proposed method's ``mean`` minus
   the paper's mean of the item's headline metric (DSC by default), per dataset, averaged over labels for the
   per-label tables (Zhu et al. Tables I-II), read from the table's numeric ``.csv`` (wide layout
@@ -67,15 +69,18 @@ def protocol_of(found: Path, results: Path) -> str:
     """``paper's``, ``scaled: k=v, ...`` or ``demo (...)`` from the ``provenance.json`` beside ``found``."""
     prov = found.parent / "provenance.json"
     scale: dict[str, Any] = {}
+    not_run: list[str] = []
     if prov.is_file():
-        scale = json.loads(prov.read_text(encoding="utf-8")).get("scale") or {}
+        meta = json.loads(prov.read_text(encoding="utf-8"))
+        scale, not_run = meta.get("scale") or {}, meta.get("not_yet_run") or []
     knobs = {k: v for k, v in scale.items() if k not in _NOT_KNOBS and v not in (None, {}, [])}
     text = ", ".join(f"{k}={_short(v)}" for k, v in knobs.items())
+    partial = f"; partial, not yet run: {'; '.join(not_run)}" if not_run else ""
     if "demo" in found.relative_to(results).parts[:-1]:
-        return f"demo ({text})" if text else "demo"
+        return (f"demo ({text})" if text else "demo") + partial
     if not prov.is_file():
         return "unknown (no provenance.json)"
-    return f"scaled: {text}" if text else "paper's"
+    return (f"scaled: {text}" if text else "paper's") + partial
 
 
 def _short(v: Any) -> str:
