@@ -89,7 +89,32 @@ def test_one_network_used_by_two_experiments_is_owned_by_the_first(demo):
     run = s.model("demo", "demo", "voxelmorph", 0)
     assert run is s.model("a_first", "demo", "voxelmorph", 0)
     assert run.owner == ("a_first", "demo", "voxelmorph", 0) and run.spec["method"]["name"] == "renamed"
-    assert s.prep_dir(run) == "data/prep/a_first/demo" and len(run.users) == 2
+    assert s.prep_dir(run).startswith("data/prep_train/") and len(run.users) == 2
+
+
+def test_training_data_is_addressed_by_its_spec_not_by_the_experiment():
+    """Two experiments that differ only in their test pairs, each loaded alone (two Snakemake invocations),
+    train the same network on the same data/prep_train/<pid> folder, prepared without the test-only parameters;
+    another training-relevant reader parameter gives another folder."""
+    clip = load_experiments({"experiments": ["config/papers/he2022/studies/clip.yaml"]})
+    allp = load_experiments({"experiments": ["config/papers/he2022/studies/clip_allpairs.yaml"]})
+    assert clip["he2022/studies/clip"]["datasets"]["montgomery"]["params"]["test_pairs"] == "random200"
+    assert allp["he2022/studies/clip_allpairs"]["datasets"]["montgomery"]["params"]["test_pairs"] == "all"
+    a = store.RunStore(clip)
+    b = store.RunStore(allp)
+    ra = a.model("he2022/studies/clip", "montgomery", "he2022", 0)
+    rb = b.model("he2022/studies/clip_allpairs", "montgomery", "he2022", 0)
+    assert ra.key == rb.key and a.prep_dir(ra) == b.prep_dir(rb)
+    pid = a.prep_dir(ra).rsplit("/", 1)[1]
+    assert a.train_prep(pid) == {"raw": "montgomery", "spec": {"dataset": "montgomery", "params": {},
+                                                                "preprocess": "chestxray", "seed": 0}}
+    other = copy.deepcopy(clip)
+    other["he2022/studies/clip"]["datasets"]["montgomery"]["params"]["max_cases"] = 20
+    c = store.RunStore(other)
+    rc = c.model("he2022/studies/clip", "montgomery", "he2022", 0)
+    assert c.prep_dir(rc) != a.prep_dir(ra) and rc.key != ra.key
+    with pytest.raises(KeyError):
+        a.train_prep("0" * 12)
 
 
 def test_he2022_frozen_networks_enter_the_address():

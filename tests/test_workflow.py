@@ -36,7 +36,7 @@ def test_he2022_training_waits_for_its_auxiliary_networks():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     # the training job reads its frozen networks from the store; the experiment sees its network through a link
-    assert re.search(r"regbench train --prep data/prep/he2022/jsrt --out work/models/[0-9a-f]{12}/steps4000 "
+    assert re.search(r"regbench train --prep data/prep_train/[0-9a-f]{12} --out work/models/[0-9a-f]{12}/steps4000 "
                      r"--run-dir work/models/[0-9a-f]{12} --fold 0 --attention work/aux/[0-9a-f]{12}/steps1000/model.pt "
                      r"--component autoencoder=work/aux/[0-9a-f]{12}/steps1000/model.pt", out), out[-3000:]
     assert re.search(r"regbench link-run --src work/models/[0-9a-f]{12}/steps4000 --dst work/he2022/models/jsrt/he2022/fold0",
@@ -156,7 +156,8 @@ def test_variants_that_share_a_network_train_it_once():
     """he2022/studies/clip_allpairs evaluates the clipped Montgomery networks of he2022/studies/clip on all test
     pairs: in one DAG the two experiments share one train job per network (two links), and
     he2022/studies/clip_8000 continues the clipped 4000-step run (its train job resumes from it: same run folder,
-    the 4000-step model among its inputs)."""
+    the 4000-step model among its inputs). The canonical he2022 run's 1000-step checkpoint of the same network
+    (its ablation reference he2022_1000) is the first link of that chain."""
     cfg = ["--configfile", "config/config.yaml"]
     targets = [f"work/he2022/studies/{s}/models/montgomery/he2022/fold0/model.pt"
                for s in ("clip", "clip_allpairs", "clip_8000")]
@@ -164,7 +165,7 @@ def test_variants_that_share_a_network_train_it_once():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     counts = dict(re.findall(r"^(train|link_model)\s+(\d+)\s*$", out, flags=re.M))
-    assert counts == {"train": "2", "link_model": "3"}, out[-3000:]  # three experiments, two networks
+    assert counts == {"train": "3", "link_model": "3"}, out[-3000:]  # three experiments, one network, 3 budgets
     trains = set(re.findall(r"regbench train --prep \S+ --out work/models/([0-9a-f]{12})/(steps\d+) "
                             r"--run-dir work/models/([0-9a-f]{12})", out))
     by_study = {study: src for src, study in re.findall(r"link-run --src work/models/([0-9a-f]{12}/steps\d+) --dst "
@@ -172,4 +173,4 @@ def test_variants_that_share_a_network_train_it_once():
     assert by_study["clip"] == by_study["clip_allpairs"] and by_study["clip"].endswith("/steps4000")
     key = by_study["clip"].split("/")[0]
     assert by_study["clip_8000"] == f"{key}/steps8000"
-    assert sum(1 for k, b, _ in trains if k == key) == 2  # steps4000 and steps8000 of one run folder
+    assert {b for k, b, _ in trains if k == key} == {"steps1000", "steps4000", "steps8000"}  # one run folder

@@ -16,8 +16,14 @@ test pairs, test columns). The budgets of one key form a chain in the DAG: the 4
 1000-step one and resumes from its checkpoint instead of training again (:func:`regbench.engine.run_folder`).
 Each experiment still sees its networks at ``work/<experiment>/models/<dataset>/<method>/fold<k>/`` (and
 ``work/<experiment>/aux/...``): links to the store made by ``regbench link-run``, which every later stage reads.
-Changing only the test protocol therefore never retrains, and a study that re-registers a paper run's network
-shows no train job of its own.
+
+The data a network trains on is addressed the same way: ``data/prep_train/<pid>/`` is the dataset prepared from
+the preprocessing spec without its test-only parameters (:data:`TEST_ONLY_PARAMS`), ``<pid>`` that spec's hash
+(:meth:`RunStore.prep_dir`). Every experiment's train job for one network reads the same folder, whichever
+experiments are loaded, while the experiment's own ``data/prep/<experiment>/<dataset>/`` (with its test pairs)
+serves registration and evaluation. Changing only the test protocol therefore never retrains, not even when the
+two experiments run in separate Snakemake invocations, and a study that re-registers a paper run's network shows
+no train job of its own.
 
 Nothing here imports torch: the Snakefile builds a :class:`RunStore` of all loaded experiments at parse time.
 """
@@ -184,6 +190,7 @@ class RunStore:
     def __init__(self, experiments: dict[str, dict[str, Any]]):
         self.experiments = experiments
         self.runs: dict[tuple[str, str, str], Run] = {}  # (kind, key, budget) -> run
+        self.train_preps: dict[str, dict[str, Any]] = {}  # pid -> {"raw": registry id, "spec": preprocess spec}
         self._address: dict[tuple[str, str, str, str, int], tuple[str, str, str]] = {}
         for name in sorted(experiments):
             e = experiments[name]
@@ -197,6 +204,8 @@ class RunStore:
                             self.model(name, model_dataset(e, d), mcfg.get("model_from") or m, f)
                         if mcfg.get("attention"):
                             self.aux(name, d, mcfg["attention"], f)
+        for run in self.runs.values():  # every training folder the loaded networks read (preprocess_train)
+            self.prep_dir(run)
 
     # -- addressing -----------------------------------------------------------------------------------------
 
@@ -272,9 +281,23 @@ class RunStore:
         return max(smaller, key=lambda r: r.order) if smaller else None
 
     def prep_dir(self, run: Run) -> str:
-        """The prepared dataset the run trains on: its owner's ``data/prep/<experiment>/<dataset>``."""
+        """The prepared dataset the run trains on, ``data/prep_train/<pid>``: its owner's dataset prepared
+        without the test-only parameters, addressed by that spec (the same folder for every experiment whose
+        network this is; :meth:`train_prep` gives the spec the ``preprocess_train`` rule builds it from)."""
         name, d, _, _ = run.owner
-        return f"data/prep/{name}/{d}"
+        e = self.experiments[name]
+        ident = self._prep_identity(e, d)
+        pid = config_hash(ident)
+        self.train_preps.setdefault(pid, {"raw": ident["raw"], "spec": {k: v for k, v in ident.items() if k != "raw"}})
+        return f"data/prep_train/{pid}"
+
+    def train_prep(self, pid: str) -> dict[str, Any]:
+        """``{"raw": registry id, "spec": preprocess spec}`` of ``data/prep_train/<pid>``.
+
+        Raises:
+            KeyError: no loaded network trains on that folder.
+        """
+        return self.train_preps[pid]
 
     def train_jobs(self, kind: str) -> list[Run]:
         """Every run of ``kind``, in a stable order."""

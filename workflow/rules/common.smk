@@ -23,6 +23,7 @@ wildcard_constraints:
     aux=r"[a-z0-9_]+",
     fold=r"\d+",
     key=r"[0-9a-f]{12}",
+    pid=r"[0-9a-f]{12}",
     budget=r"(steps|epochs)[0-9]+(_max[0-9]+)?",
 
 
@@ -127,7 +128,7 @@ def store_run(w, kind):
 
 
 def store_train_inputs(w, kind):
-    """Inputs of a store training job: the owner's prepared data, the frozen networks it reads, and the next
+    """Inputs of a store training job: its training data (data/prep_train/<pid>), the frozen networks it reads, and the next
     smaller budget of the same network (this job resumes from that one's checkpoint)."""
     run = store_run(w, kind)
     prep = STORE.prep_dir(run)
