@@ -60,5 +60,5 @@ report-zip: $(STAMP)
 		> logs/report_zip.log 2>&1 || { tail -n 40 logs/report_zip.log; exit 1; }
 	@echo "wrote results/report.zip (log: logs/report_zip.log)"
 
-clean-demo:
-	rm -rf data/prep/demo work/demo logs/demo benchmarks/demo
+clean-demo: $(STAMP)
+	rm -rf $$($(BIN)/regbench store-paths --config config/demo.yaml) data/prep/demo work/demo logs/demo benchmarks/demo

@@ -165,3 +165,16 @@ def test_link_run_names_the_network_as_the_experiment_does(tiny_prepared, tmp_pa
     assert json.loads((dst / "train_info.json").read_text())["method"] == "again"
     with pytest.raises(FileNotFoundError, match="no trained network"):
         store.link_run(tmp_path / "nowhere", dst)
+
+
+def test_paths_of_lists_an_experiments_store_folders(demo):
+    """make clean-demo removes these: the run folder, logs, benchmarks and training data of each network the
+    experiment uses (a checkpoint left in the store would otherwise be resumed by the next run)."""
+    other = _variant(demo, "other", lambda e: e["methods"]["voxelmorph"]["train"].update(lr=5e-4))
+    s = store.RunStore({"demo": demo, "other": other})
+    run = s.model("demo", "demo", "voxelmorph", 0)
+    paths = s.paths_of("demo")
+    assert paths == sorted({run.run_dir, f"logs/models/{run.key}", f"benchmarks/models/{run.key}", s.prep_dir(run)})
+    assert s.model("other", "demo", "voxelmorph", 0).run_dir not in paths
+    with pytest.raises(KeyError, match="not loaded"):
+        s.paths_of("nope")

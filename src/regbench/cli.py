@@ -177,6 +177,18 @@ def cmd_register_images(a: argparse.Namespace) -> None:
     print(format_summary(summary, summary["outputs"]["metrics"]))
 
 
+def cmd_store_paths(a: argparse.Namespace) -> None:
+    from .config import load_experiments
+    from .datasets.registry import load_yaml
+    from .store import RunStore
+
+    exps = load_experiments(load_yaml(a.config))
+    names = [a.experiment] if a.experiment else list(exps)
+    s = RunStore(exps)
+    for p in sorted({p for n in names for p in s.paths_of(n)}):
+        print(p)
+
+
 def cmd_results_index(a: argparse.Namespace) -> None:
     from .report.front import write_results_index
 
@@ -244,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aux metrics TSVs of the auxiliary networks, for report.tables items with `auxiliary` "
                         "(default: <out-dir>/aux/*/*/fold*.tsv); end the list with `--` or put it after the metrics TSVs")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("store-paths", help="print the network store paths (run folders, logs, benchmarks, training "
+                                           "data) an experiment's networks occupy, one per line")
+    s.add_argument("--config", required=True, help="experiment file, or a file listing experiments")
+    s.add_argument("--experiment", default=None, help="only this experiment (default: every one in --config)")
+    s.set_defaults(func=cmd_store_paths)
 
     s = sub.add_parser("results-index", help="write results/README.md: every paper's tables and figures, "
                                              "their protocol and the gap to the paper")

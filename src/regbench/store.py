@@ -299,6 +299,24 @@ class RunStore:
         """
         return self.train_preps[pid]
 
+    def paths_of(self, experiment: str) -> list[str]:
+        """Every store path the networks of ``experiment`` occupy, for a clean rerun (``make clean-demo``):
+        their run folders ``work/<kind>/<key>``, training logs ``logs/<kind>/<key>``, benchmark records
+        ``benchmarks/<kind>/<key>`` and training data ``data/prep_train/<pid>``, sorted. A network the
+        experiment shares with another loaded experiment is listed too (removing it retrains it for both).
+
+        Raises:
+            KeyError: ``experiment`` is not loaded.
+        """
+        if experiment not in self.experiments:
+            raise KeyError(f"experiment {experiment!r} is not loaded; loaded: {sorted(self.experiments)}")
+        out: set[str] = set()
+        for run in self.runs.values():
+            if any(u[0] == experiment for u in run.users):
+                out |= {run.run_dir, f"logs/{run.kind}/{run.key}", f"benchmarks/{run.kind}/{run.key}",
+                        self.prep_dir(run)}
+        return sorted(out)
+
     def train_jobs(self, kind: str) -> list[Run]:
         """Every run of ``kind``, in a stable order."""
         return sorted((r for r in self.runs.values() if r.kind == kind), key=lambda r: (r.key, r.order))
