@@ -110,3 +110,16 @@ def test_partly_run_experiment_says_what_is_missing(tmp_path):
     (tmp_path / "cat.yaml").write_text(yaml.safe_dump(cat))
     text = write_results_index(tmp_path / "cat.yaml", res, config_root=tmp_path).read_text()
     assert "paper's; partial, not yet run: b: every row" in text
+
+
+def test_partly_run_experiment_skips_the_ablation_items_it_cannot_fill():
+    from regbench.report.experiment import _without_unrun_items
+
+    exp = {"report": {"tables": [{"name": "t_ok", "methods": ["a", "b"]}, {"name": "t_wait", "methods": ["a", "c"]},
+                                 {"name": "t_aux", "auxiliary": ["seg"]}],
+                      "figures": [{"name": "f_wait", "methods": ["c"]}]}}
+    pairs = pd.DataFrame({"method": ["a", "b"]})
+    kept = _without_unrun_items(exp, pairs, pd.DataFrame({"aux": ["seg"]}))["report"]
+    assert [t["name"] for t in kept["tables"]] == ["t_ok", "t_aux"] and kept["figures"] == []
+    assert [t["name"] for t in _without_unrun_items(exp, pairs, None)["report"]["tables"]] == ["t_ok"]
+    assert len(exp["report"]["tables"]) == 3  # the config itself is not changed

@@ -81,6 +81,27 @@ def missing_runs(exp: dict[str, Any], df: Any, aux: Any = None) -> list[str]:
     return out
 
 
+def _without_unrun_items(exp: dict[str, Any], pairs: Any, aux: Any) -> dict[str, Any]:
+    """``exp`` without the ``report.tables`` / ``report.figures`` items of a partly run experiment that name a
+    method or auxiliary network with no metrics at all (they are not written, so the front page lists them as
+    not yet run); a complete run keeps every item and a bad item still fails in :func:`extras.check_inputs`."""
+    methods = set(pairs["method"].astype(str))
+    auxes = set(aux["aux"].astype(str)) if aux is not None else set()
+    rep = dict(exp["report"])
+    for key in ("tables", "figures"):
+        kept = []
+        for item in rep.get(key) or []:
+            absent = ([m for m in item.get("methods", []) if m not in methods]
+                      + [a for a in item.get("auxiliary", []) if a not in auxes])
+            if absent:
+                log.warning("report.%s %r not written: no metrics yet for %s", key, item.get("name"), absent)
+            else:
+                kept.append(item)
+        if key in rep:
+            rep[key] = kept
+    return {**exp, "report": rep}
+
+
 def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_dir: Path,
                       reg_root: Path | None = None, prep_root: Path | None = None,
                       aux_metrics_paths: Sequence[Path] = (), models_root: Path | None = None) -> list[Path]:
@@ -115,12 +136,13 @@ def render_experiment(exp: dict[str, Any], metrics_paths: Sequence[Path], out_di
     order = rep.get("method_order")
     pairs = tables.per_pair(df)
     aux = tables.load_aux_metrics(aux_metrics_paths) if aux_metrics_paths else None
-    extras.check_inputs(exp, pairs, aux, df)  # fail on a bad ablation config before writing anything
     not_run = missing_runs(exp, df, aux if exp.get("auxiliary") else None)
     if not_run:  # a partly run experiment rendered from the metrics at hand: say what is absent
         notes.insert(2, "NOT YET RUN (absent from these tables; the config has them): " + "; ".join(not_run))
         prov["not_yet_run"] = not_run
         log.warning("%s: not yet run: %s", name, "; ".join(not_run))
+        exp = _without_unrun_items(exp, pairs, aux)
+    extras.check_inputs(exp, pairs, aux, df)  # fail on a bad ablation config before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
