@@ -108,7 +108,8 @@ def test_slurm_profile_runs_the_pipeline_through_the_scheduler(cluster, tmp_path
     jobs["rule"] = jobs["Comment"].str.extract(r"^rule_([a-z_]+?)(?:_wildcards_|$)")[0]
     assert (jobs["State"] == "COMPLETED").all(), jobs.to_string()
     counts = jobs["rule"].value_counts().to_dict()
-    assert counts == {"fetch": 1, "preprocess": 1, "register": 2, "evaluate": 2, "train": 1}, jobs.to_string()
+    assert counts == {"fetch": 1, "preprocess": 1, "preprocess_train": 1, "register": 2, "evaluate": 2, "train": 1}, \
+        jobs.to_string()
     train = jobs[jobs["rule"] == "train"].iloc[0]
     assert train["Partition"] == "gpu" and "gres/gpu=1" in train["ReqTRES"], train.to_dict()
     assert train["TimelimitRaw"] == "1440" and train["ReqMem"] == "32000M" and train["NCPUS"] == "2"
