@@ -150,6 +150,8 @@ class Run:
         users: every ``(experiment, dataset, id, fold)`` that uses this network.
         inputs: ``{"attention": path}`` and ``{"component_<role>": path}``: the store paths of the ``model.pt``
             of the frozen networks its training reads.
+        prep: address (12 hex digits) of the prepared training data, ``data/prep_train/<prep>``: part of
+            :attr:`key`, so the same for every user.
     """
 
     kind: str
@@ -160,6 +162,7 @@ class Run:
     owner: tuple[str, str, str, int]
     users: list[tuple[str, str, str, int]] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    prep: str = ""
 
     @property
     def run_dir(self) -> str:
@@ -204,8 +207,6 @@ class RunStore:
                             self.model(name, model_dataset(e, d), mcfg.get("model_from") or m, f)
                         if mcfg.get("attention"):
                             self.aux(name, d, mcfg["attention"], f)
-        for run in self.runs.values():  # every training folder the loaded networks read (preprocess_train)
-            self.prep_dir(run)
 
     # -- addressing -----------------------------------------------------------------------------------------
 
@@ -223,7 +224,10 @@ class RunStore:
         addr = (kind, key, label)
         run = self.runs.get(addr)
         if run is None:
-            run = self.runs[addr] = Run(kind, key, label, order, spec, user, [], inputs)
+            prep = key_spec["prep"]
+            pid = config_hash(prep)
+            self.train_preps.setdefault(pid, {"raw": prep["raw"], "spec": {k: v for k, v in prep.items() if k != "raw"}})
+            run = self.runs[addr] = Run(kind, key, label, order, spec, user, [], inputs, pid)
         if user not in run.users:
             run.users.append(user)
             run.users.sort()
@@ -284,12 +288,7 @@ class RunStore:
         """The prepared dataset the run trains on, ``data/prep_train/<pid>``: its owner's dataset prepared
         without the test-only parameters, addressed by that spec (the same folder for every experiment whose
         network this is; :meth:`train_prep` gives the spec the ``preprocess_train`` rule builds it from)."""
-        name, d, _, _ = run.owner
-        e = self.experiments[name]
-        ident = self._prep_identity(e, d)
-        pid = config_hash(ident)
-        self.train_preps.setdefault(pid, {"raw": ident["raw"], "spec": {k: v for k, v in ident.items() if k != "raw"}})
-        return f"data/prep_train/{pid}"
+        return f"data/prep_train/{run.prep}"
 
     def train_prep(self, pid: str) -> dict[str, Any]:
         """``{"raw": registry id, "spec": preprocess spec}`` of ``data/prep_train/<pid>``.
